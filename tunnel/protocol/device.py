@@ -1,0 +1,354 @@
+"""The protocol state of one interface: our key, the peers, the index table.
+
+Bytes and time in, actions out:
+    receive_datagram(data, endpoint, now, under_load)  a UDP datagram arrived
+    send_packet(packet, now)                          the TUN device gave us an IP packet
+    tick(now)                                         timers; call at next_deadline()
+
+Rules kept here:
+- nothing here does I/O or reads a clock; `now` is the caller's monotonic
+  time in seconds, and `wall_epoch` (wall time minus monotonic time,
+  sampled once by the caller) turns it into the TAI64N wall time;
+- remote garbage becomes Drop(reason) and changes no state; a reply is sent
+  only for a valid handshake message (or a cookie reply under load);
+- our own misuse (bad key sizes, unknown peers) raises LocalError.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+from typing import Callable, Iterable
+
+from .actions import Action, Drop, SendDatagram, WritePacket
+from .allowedips import AllowedIPs
+from .constants import (
+    DEFAULT_MTU,
+    INITIATION_MAC1_OFFSET,
+    KEY_LEN,
+    MESSAGE_HANDSHAKE_COOKIE,
+    MESSAGE_HANDSHAKE_INITIATION,
+    MESSAGE_HANDSHAKE_RESPONSE,
+    MESSAGE_TRANSPORT_DATA,
+    RESPONSE_MAC1_OFFSET,
+    TRANSPORT_HEADER_SIZE,
+    TRANSPORT_MIN_SIZE,
+)
+from .cookie import CookieChecker
+from .crypto import InvalidTag
+from .errors import (
+    AuthenticationFailed,
+    CookieRequired,
+    ExpiredKey,
+    LocalError,
+    MalformedMessage,
+    RemoteError,
+    Replayed,
+    UnknownReceiver,
+)
+from .keypair import Keypair
+from .messages import CookieReply, Initiation, Response, TRANSPORT_HEADER, message_type
+from .noise import StaticIdentity, consume_initiation
+from .peer import Peer
+
+Rng = Callable[[int], bytes]
+
+
+def packet_destination(packet: bytes | memoryview) -> bytes | None:
+    """The destination address of an IPv4/IPv6 packet, or None if it is neither."""
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        return bytes(packet[16:20])
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        return bytes(packet[24:40])
+    return None
+
+
+def inner_length(packet: bytes | memoryview) -> int:
+    """The length an IP packet claims in its header; 0 when not a valid IPv4/IPv6 header."""
+    n = len(packet)
+    if n >= 20 and packet[0] >> 4 == 4:
+        return (packet[2] << 8) | packet[3]
+    if n >= 40 and packet[0] >> 4 == 6:
+        return ((packet[4] << 8) | packet[5]) + 40
+    return 0
+
+
+def packet_source(packet: bytes | memoryview) -> bytes:
+    if packet[0] >> 4 == 4:
+        return bytes(packet[12:16])
+    return bytes(packet[8:24])
+
+
+class Device:
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        wall_epoch: float,
+        mtu: int = DEFAULT_MTU,
+        rng: Rng = os.urandom,
+    ):
+        if len(private_key) != KEY_LEN:
+            raise LocalError("a private key is 32 bytes")
+        self.identity = StaticIdentity(private_key)
+        self.public_key = self.identity.public
+        self.wall_epoch = wall_epoch
+        self.mtu = mtu
+        self.rng = rng
+        self.cookie_checker = CookieChecker(self.public_key, rng)
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips = AllowedIPs()
+        # local index -> Peer (a handshake in progress) or Keypair (a session)
+        self.indices: dict[int, Peer | Keypair] = {}
+        self._heap: list[tuple[float, int, Peer]] = []
+        self._seq = itertools.count()
+        self.drops: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"Device(peers={len(self.peers)})"
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_epoch
+
+    # ------------------------------------------------------------------
+    # configuration
+    # ------------------------------------------------------------------
+
+    def add_peer(
+        self,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | None = None,
+        allowed_ips: Iterable[str] = (),
+        endpoint: tuple | None = None,
+        persistent_keepalive: int = 0,
+        name: str | None = None,
+    ) -> Peer:
+        if len(public_key) != KEY_LEN:
+            raise LocalError("a public key is 32 bytes")
+        if public_key == self.public_key:
+            raise LocalError("a peer cannot have our own public key")
+        if public_key in self.peers:
+            raise LocalError("peer already exists")
+        peer = Peer(self, self.identity, public_key, preshared_key, endpoint, persistent_keepalive, name)
+        self.peers[public_key] = peer
+        for net in allowed_ips:
+            self.allowed_ips.insert(net, peer)
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> Peer:
+        """Remove a peer at once: its sessions end and its indices are freed."""
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            raise LocalError("no such peer")
+        self.allowed_ips.remove_value(peer)
+        peer.zero_keys()
+        peer.staged.clear()
+        peer.removed = True
+        return peer
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int, now: float) -> list[Action]:
+        """Change the interval; as wg does, a newly enabled one sends a keepalive at once."""
+        out: list[Action] = []
+        was = peer.persistent_keepalive
+        peer.persistent_keepalive = interval
+        if interval and not was:
+            peer.send_keepalive(now, out)
+        elif not interval:
+            peer.t_persistent_keepalive = None
+        return self._account(out)
+
+    # ------------------------------------------------------------------
+    # indices
+    # ------------------------------------------------------------------
+
+    def _allocate_index(self, owner: Peer) -> int:
+        while True:
+            index = int.from_bytes(self.rng(4), "little")
+            if index and index not in self.indices:
+                self.indices[index] = owner
+                return index
+
+    def _replace_index(self, index: int, owner: Peer | Keypair) -> None:
+        self.indices[index] = owner
+
+    def _release_index(self, index: int, owner: Peer | Keypair) -> None:
+        if self.indices.get(index) is owner:
+            del self.indices[index]
+
+    def keypair_for(self, receiver: int) -> Keypair | None:
+        """The session a transport message's receiver index names (for the batched data plane)."""
+        kp = self.indices.get(receiver)
+        return kp if type(kp) is Keypair else None
+
+    # ------------------------------------------------------------------
+    # timers
+    # ------------------------------------------------------------------
+
+    def _schedule(self, peer: Peer, when: float) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), peer))
+
+    def next_deadline(self) -> float | None:
+        """When tick() next has work to do (None: no timer armed)."""
+        while self._heap and self._heap[0][2].removed:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def tick(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        due: list[Peer] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, peer = heapq.heappop(self._heap)
+            if not peer.removed and peer not in due:
+                due.append(peer)
+        for peer in due:
+            peer.scheduled = float("inf")
+            peer.run_timers(now, out)
+            nd = peer.next_deadline()
+            if nd is not None and nd < peer.scheduled:
+                peer.scheduled = nd
+                self._schedule(peer, nd)
+        return self._account(out)
+
+    # ------------------------------------------------------------------
+    # from the tunnel device
+    # ------------------------------------------------------------------
+
+    def route(self, packet: bytes | memoryview) -> Peer | None:
+        dst = packet_destination(packet)
+        return None if dst is None else self.allowed_ips.lookup(dst)
+
+    def send_packet(self, packet: bytes, now: float) -> list[Action]:
+        """An IP packet read from the TUN device: encrypt it to the peer its destination routes to."""
+        peer = self.route(packet)
+        if peer is None:
+            return self._account([Drop("no_route")])
+        out: list[Action] = []
+        peer.send_packet(bytes(packet), now, out)
+        return self._account(out)
+
+    def send_keepalive(self, peer: Peer, now: float) -> list[Action]:
+        out: list[Action] = []
+        peer.send_keepalive(now, out)
+        return self._account(out)
+
+    def initiate(self, peer: Peer, now: float) -> list[Action]:
+        """Start a handshake now (as `wg set` with a new endpoint, or at start-up)."""
+        out: list[Action] = []
+        peer.send_initiation(now, out)
+        return self._account(out)
+
+    # ------------------------------------------------------------------
+    # from the network
+    # ------------------------------------------------------------------
+
+    def receive_datagram(
+        self, data: bytes, endpoint: tuple, now: float, under_load: bool = False
+    ) -> list[Action]:
+        out: list[Action] = []
+        try:
+            kind = message_type(data)
+            if kind == MESSAGE_TRANSPORT_DATA:
+                self._receive_transport(bytes(data), endpoint, now, out)
+            elif kind == MESSAGE_HANDSHAKE_INITIATION:
+                self._receive_initiation(bytes(data), endpoint, now, under_load, out)
+            elif kind == MESSAGE_HANDSHAKE_RESPONSE:
+                self._receive_response(bytes(data), endpoint, now, under_load, out)
+            elif kind == MESSAGE_HANDSHAKE_COOKIE:
+                self._receive_cookie(bytes(data), now)
+            else:
+                raise MalformedMessage("unknown message type")
+        except CookieRequired:
+            out.append(Drop(CookieRequired.reason))
+        except RemoteError as exc:
+            out.append(Drop(exc.reason))
+        return self._account(out)
+
+    def _receive_initiation(self, data: bytes, endpoint: tuple, now: float, under_load: bool, out: list[Action]) -> None:
+        msg = Initiation.unpack(data)
+        try:
+            self.cookie_checker.validate(data, INITIATION_MAC1_OFFSET, endpoint, now, under_load)
+        except CookieRequired:
+            reply = self.cookie_checker.create_reply(data, INITIATION_MAC1_OFFSET, msg.sender, endpoint, now)
+            out.append(SendDatagram(endpoint, reply))
+            raise
+        hs = consume_initiation(self.identity, msg, self._handshake_of, now)
+        peer = self.peers[hs.remote_static]
+        peer.set_endpoint(endpoint, out)
+        peer.send_response(now, out)
+        peer._timers_any_authenticated_packet_received()
+        peer._timers_any_authenticated_packet_traversal(now)
+
+    def _handshake_of(self, public_key: bytes):
+        peer = self.peers.get(public_key)
+        return peer.handshake if peer is not None else None
+
+    def _receive_response(self, data: bytes, endpoint: tuple, now: float, under_load: bool, out: list[Action]) -> None:
+        msg = Response.unpack(data)
+        try:
+            self.cookie_checker.validate(data, RESPONSE_MAC1_OFFSET, endpoint, now, under_load)
+        except CookieRequired:
+            reply = self.cookie_checker.create_reply(data, RESPONSE_MAC1_OFFSET, msg.sender, endpoint, now)
+            out.append(SendDatagram(endpoint, reply))
+            raise
+        owner = self.indices.get(msg.receiver)
+        if not isinstance(owner, Peer):
+            raise UnknownReceiver("response to no initiation of ours")
+        peer = owner
+        peer.handshake.consume_response(msg)
+        peer.set_endpoint(endpoint, out)
+        peer.complete_as_initiator(now, out)
+        peer._timers_any_authenticated_packet_received()
+        peer._timers_any_authenticated_packet_traversal(now)
+
+    def _receive_cookie(self, data: bytes, now: float) -> None:
+        msg = CookieReply.unpack(data)
+        owner = self.indices.get(msg.receiver)
+        if owner is None:
+            raise UnknownReceiver("cookie reply for an unknown index")
+        peer = owner if isinstance(owner, Peer) else owner.peer
+        peer.cookie.consume_reply(msg, now)
+
+    def _receive_transport(self, data: bytes, endpoint: tuple, now: float, out: list[Action]) -> None:
+        if len(data) < TRANSPORT_MIN_SIZE:
+            raise MalformedMessage("transport message too short")
+        _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
+        kp = self.keypair_for(receiver)
+        if kp is None:
+            raise UnknownReceiver("no session with that index")
+        if not kp.can_receive(now):
+            raise ExpiredKey("session expired")
+        if not kp.replay.check(counter):
+            raise Replayed("counter replayed or too old")
+        assert kp.recv_aead is not None
+        try:
+            plaintext = kp.recv_aead.decrypt(
+                b"\x00\x00\x00\x00" + data[8:16], data[TRANSPORT_HEADER_SIZE:], None
+            )
+        except InvalidTag:
+            raise AuthenticationFailed("transport data does not authenticate") from None
+        if not kp.replay.update(counter):
+            raise Replayed("counter replayed")
+        peer = kp.peer
+        is_data = len(plaintext) > 0
+        peer.note_received(kp, now, endpoint, len(data), is_data, out)
+        if not is_data:
+            return  # a keepalive
+        n = inner_length(plaintext)
+        if n == 0 or n > len(plaintext):
+            out.append(Drop("invalid_inner_packet", peer))
+            return
+        packet = plaintext[:n]
+        if self.allowed_ips.lookup(packet_source(packet)) is not peer:
+            out.append(Drop("disallowed_source", peer))
+            return
+        out.append(WritePacket(packet, peer))
+
+    # ------------------------------------------------------------------
+
+    def _account(self, out: list[Action]) -> list[Action]:
+        for a in out:
+            if type(a) is Drop:
+                self.drops[a.reason] = self.drops.get(a.reason, 0) + 1
+        return out

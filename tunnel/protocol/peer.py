@@ -1,0 +1,404 @@
+"""One peer: its handshake, its three keypairs, its staged packets and its timers.
+
+Timers (whitepaper 6.2-6.5, named as the kernel's timers.c); each is a
+deadline on the caller's monotonic clock, or None when not armed:
+
+  retransmit_handshake  armed when we send an initiation, REKEY_TIMEOUT + jitter
+                        later: send another; after REKEY_ATTEMPT_TIME of tries
+                        give up and drop the staged packets.
+  send_keepalive        armed (if not already) when a data packet arrives; after
+                        KEEPALIVE_TIMEOUT with nothing sent back, send a keepalive.
+                        Disarmed by any authenticated packet we send.
+  new_handshake         armed (if not already) when we send a data packet; after
+                        KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter with nothing
+                        authenticated received, start a new handshake. Disarmed by
+                        any authenticated packet received.
+  zero_key_material     armed when a session is derived; 3 x REJECT_AFTER_TIME
+                        later every key of this peer is dropped.
+  persistent_keepalive  re-armed by every authenticated packet sent or received
+                        when configured; fires: send a keepalive.
+
+Checks made as packets pass rather than by timers:
+  sending: if the current keypair has sent REKEY_AFTER_MESSAGES, or we
+  initiated it and it is older than REKEY_AFTER_TIME, start a handshake.
+  receiving: if we initiated the current keypair and it is older than
+  REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT, start one (once).
+  A keypair older than REJECT_AFTER_TIME or past REJECT_AFTER_MESSAGES is
+  never used; a responder uses a new keypair only after data arrived on it.
+
+Initiations are never sent more often than once per REKEY_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import TYPE_CHECKING
+
+from .actions import Action, Drop, Event, SendDatagram
+from .constants import (
+    HANDSHAKE_INITIATION_SIZE,
+    INITIATION_MAC1_OFFSET,
+    KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
+    PADDING_MULTIPLE,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    RESPONSE_MAC1_OFFSET,
+)
+from .cookie import CookieGenerator
+from .keypair import Keypair
+from .noise import Handshake, StaticIdentity
+
+if TYPE_CHECKING:
+    from .device import Device
+
+MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)
+_NEVER = math.inf
+_ZERO_PAD = bytes(PADDING_MULTIPLE)
+
+
+class Peer:
+    def __init__(
+        self,
+        device: "Device",
+        identity: StaticIdentity,
+        public_key: bytes,
+        preshared_key: bytes | None = None,
+        endpoint: tuple | None = None,
+        persistent_keepalive: int = 0,
+        name: str | None = None,
+    ):
+        self.device = device
+        self.public_key = public_key
+        self.name = name
+        self.handshake = Handshake(identity, public_key, preshared_key)
+        self.cookie = CookieGenerator(public_key)
+        self.endpoint = endpoint
+        self.persistent_keepalive = persistent_keepalive
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+        self.staged: collections.deque[bytes] = collections.deque(maxlen=MAX_STAGED_PACKETS)
+        # timers
+        self.t_retransmit_handshake: float | None = None
+        self.t_send_keepalive: float | None = None
+        self.t_new_handshake: float | None = None
+        self.t_zero_key_material: float | None = None
+        self.t_persistent_keepalive: float | None = None
+        self.scheduled = _NEVER  # the earliest deadline the device's heap knows of
+        self.handshake_attempts = 0
+        self.last_sent_initiation: float | None = None
+        self.need_another_keepalive = False
+        self.sent_lastminute_handshake = False
+        # statistics (read by show/metrics)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.last_handshake: float | None = None  # caller's clock
+        self.handshakes_completed = 0
+        self.removed = False
+
+    def __repr__(self) -> str:
+        return f"Peer({self.name or self.public_key[:4].hex()})"
+
+    # ------------------------------------------------------------------
+    # timer helpers
+    # ------------------------------------------------------------------
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self.device.rng(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
+
+    def _arm(self, name: str, when: float) -> None:
+        setattr(self, name, when)
+        if when < self.scheduled:
+            self.scheduled = when
+            self.device._schedule(self, when)
+
+    def next_deadline(self) -> float | None:
+        ds = [
+            d for d in (
+                self.t_retransmit_handshake, self.t_send_keepalive, self.t_new_handshake,
+                self.t_zero_key_material, self.t_persistent_keepalive,
+            ) if d is not None
+        ]
+        return min(ds) if ds else None
+
+    # the kernel's wg_timers_* events
+    def _timers_data_sent(self, now: float) -> None:
+        if self.t_new_handshake is None:
+            self._arm("t_new_handshake", now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter())
+
+    def _timers_data_received(self, now: float) -> None:
+        if self.t_send_keepalive is None:
+            self._arm("t_send_keepalive", now + KEEPALIVE_TIMEOUT)
+        else:
+            self.need_another_keepalive = True
+
+    def _timers_any_authenticated_packet_sent(self) -> None:
+        self.t_send_keepalive = None
+
+    def _timers_any_authenticated_packet_received(self) -> None:
+        self.t_new_handshake = None
+
+    def _timers_any_authenticated_packet_traversal(self, now: float) -> None:
+        if self.persistent_keepalive:
+            self._arm("t_persistent_keepalive", now + self.persistent_keepalive)
+
+    def _timers_handshake_initiated(self, now: float) -> None:
+        self._arm("t_retransmit_handshake", now + REKEY_TIMEOUT + self._jitter())
+
+    def _timers_handshake_complete(self, now: float) -> None:
+        self.t_retransmit_handshake = None
+        self.handshake_attempts = 0
+        self.sent_lastminute_handshake = False
+        self.last_handshake = now
+        self.handshakes_completed += 1
+
+    def _timers_session_derived(self, now: float) -> None:
+        self._arm("t_zero_key_material", now + 3 * REJECT_AFTER_TIME)
+
+    def run_timers(self, now: float, out: list[Action]) -> None:
+        """Fire every timer whose deadline has passed (called by Device.tick)."""
+        if self.t_retransmit_handshake is not None and now >= self.t_retransmit_handshake:
+            self.t_retransmit_handshake = None
+            if self.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                # whitepaper 6.4: give up after REKEY_ATTEMPT_TIME
+                self.t_send_keepalive = None
+                dropped = len(self.staged)
+                self.staged.clear()
+                if self.t_zero_key_material is None:
+                    self._arm("t_zero_key_material", now + 3 * REJECT_AFTER_TIME)
+                out.append(Event("handshake_gave_up", self, dropped))
+            else:
+                self.handshake_attempts += 1
+                out.append(Event("handshake_retry", self, self.handshake_attempts))
+                self.send_initiation(now, out, is_retry=True)
+        if self.t_send_keepalive is not None and now >= self.t_send_keepalive:
+            self.t_send_keepalive = None
+            self.send_keepalive(now, out)
+            if self.need_another_keepalive:
+                self.need_another_keepalive = False
+                self._arm("t_send_keepalive", now + KEEPALIVE_TIMEOUT)
+        if self.t_new_handshake is not None and now >= self.t_new_handshake:
+            self.t_new_handshake = None
+            out.append(Event("handshake_no_reply", self))
+            self.send_initiation(now, out, is_retry=False)
+        if self.t_zero_key_material is not None and now >= self.t_zero_key_material:
+            self.t_zero_key_material = None
+            self.zero_keys()
+            out.append(Event("keys_zeroed", self))
+        if self.t_persistent_keepalive is not None and now >= self.t_persistent_keepalive:
+            self.t_persistent_keepalive = None
+            if self.persistent_keepalive:
+                self.send_keepalive(now, out)
+
+    # ------------------------------------------------------------------
+    # keys
+    # ------------------------------------------------------------------
+
+    def _drop_keypair(self, kp: Keypair | None) -> None:
+        if kp is not None:
+            self.device._release_index(kp.local_index, kp)
+            kp.wipe()
+
+    def zero_keys(self) -> None:
+        """Forget every session and the handshake in progress (timers.c: zero_key_material)."""
+        for kp in (self.current, self.previous, self.next):
+            self._drop_keypair(kp)
+        self.current = self.previous = self.next = None
+        self._release_handshake_index()
+        self.handshake.clear()
+
+    def _release_handshake_index(self) -> None:
+        if self.handshake.local_index:
+            self.device._release_index(self.handshake.local_index, self)
+
+    def _add_keypair(self, kp: Keypair) -> None:
+        """The kernel's add_new_keypair: an initiator uses it at once, a responder waits."""
+        if kp.initiator:
+            if self.next is not None:
+                self._drop_keypair(self.previous)
+                self.previous = self.next
+                self.next = None
+                self._drop_keypair(self.current)
+            else:
+                self._drop_keypair(self.previous)
+                self.previous = self.current
+            self.current = kp
+        else:
+            self._drop_keypair(self.next)
+            self.next = kp
+            self._drop_keypair(self.previous)
+            self.previous = None
+
+    def _received_with_keypair(self, kp: Keypair) -> bool:
+        """Promote `next` once data arrives on it; True when it happened."""
+        if kp is not self.next:
+            return False
+        self._drop_keypair(self.previous)
+        self.previous = self.current
+        self.current = kp
+        self.next = None
+        return True
+
+    # ------------------------------------------------------------------
+    # handshake sending
+    # ------------------------------------------------------------------
+
+    def send_initiation(self, now: float, out: list[Action], is_retry: bool = False) -> None:
+        if not is_retry:
+            self.handshake_attempts = 0
+        if self.last_sent_initiation is not None and now - self.last_sent_initiation < REKEY_TIMEOUT:
+            return
+        if self.endpoint is None:
+            out.append(Drop("no_endpoint", self))
+            return
+        if not self.handshake.valid_peer:
+            out.append(Drop("invalid_peer_key", self))
+            return
+        self.last_sent_initiation = now
+        self._release_handshake_index()
+        index = self.device._allocate_index(self)
+        msg = self.handshake.create_initiation(index, self.device.wall(now), self.device.rng)
+        packet = bytearray(msg.pack())
+        self.cookie.add_macs(packet, INITIATION_MAC1_OFFSET, now)
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_sent()
+        out.append(SendDatagram(self.endpoint, bytes(packet), self))
+        self._timers_handshake_initiated(now)
+        assert len(packet) == HANDSHAKE_INITIATION_SIZE
+
+    def send_response(self, now: float, out: list[Action]) -> None:
+        """Answer the initiation just consumed and derive the (next) keypair."""
+        self.last_sent_initiation = now  # the kernel's last_sent_handshake covers both
+        self._release_handshake_index()
+        index = self.device._allocate_index(self)
+        msg = self.handshake.create_response(index, self.device.rng)
+        packet = bytearray(msg.pack())
+        self.cookie.add_macs(packet, RESPONSE_MAC1_OFFSET, now)
+        self._begin_session(now)
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_sent()
+        out.append(SendDatagram(self.endpoint, bytes(packet), self))
+
+    def _begin_session(self, now: float) -> Keypair:
+        keys = self.handshake.derive_session()
+        kp = Keypair(keys, now, self)
+        self.device._replace_index(kp.local_index, kp)
+        self._add_keypair(kp)
+        self._timers_session_derived(now)
+        return kp
+
+    def complete_as_initiator(self, now: float, out: list[Action]) -> None:
+        """After a response was consumed: the session is usable at once."""
+        self._begin_session(now)
+        self._timers_handshake_complete(now)
+        out.append(Event("handshake_completed", self))
+        # Send what is staged, or a keepalive to confirm the session to the responder.
+        self.send_keepalive(now, out)
+
+    # ------------------------------------------------------------------
+    # transport sending (the general path; the data plane batches the same steps)
+    # ------------------------------------------------------------------
+
+    def send_packet(self, packet: bytes, now: float, out: list[Action]) -> None:
+        """Stage one IP packet and send everything staged if a session allows."""
+        self.staged.append(packet)
+        self.send_staged(now, out)
+
+    def send_keepalive(self, now: float, out: list[Action]) -> None:
+        if not self.staged:
+            self.staged.append(b"")
+        self.send_staged(now, out)
+
+    def sending_keypair(self, now: float, count: int = 1) -> Keypair | None:
+        kp = self.current
+        if kp is not None and kp.can_send(now, count):
+            return kp
+        if kp is not None:
+            kp.valid = kp.valid and now - kp.created < REJECT_AFTER_TIME
+        return None
+
+    def send_staged(self, now: float, out: list[Action]) -> None:
+        if not self.staged:
+            return
+        kp = self.sending_keypair(now, len(self.staged))
+        if kp is None or self.endpoint is None:
+            if self.endpoint is None:
+                out.append(Drop("no_endpoint", self))
+                self.staged.clear()
+                return
+            self.send_initiation(now, out)
+            return
+        mtu = self.device.mtu
+        any_data = False
+        sent = 0
+        while self.staged:
+            packet = self.staged.popleft()
+            counter = kp.reserve(1)
+            n = len(packet)
+            pad = (-n) % PADDING_MULTIPLE
+            if n + pad > mtu:
+                pad = max(0, mtu - n)
+            plaintext = packet + _ZERO_PAD[:pad] if pad else packet
+            assert kp.send_aead is not None
+            data = kp.header_prefix + counter.to_bytes(8, "little") + kp.send_aead.encrypt(
+                b"\x00\x00\x00\x00" + counter.to_bytes(8, "little"), plaintext, None
+            )
+            out.append(SendDatagram(self.endpoint, data, self))
+            sent += len(data)
+            any_data = any_data or n > 0
+        self.note_sent(now, sent, any_data, out)
+
+    def note_sent(self, now: float, nbytes: int, data: bool, out: list[Action]) -> None:
+        """Bookkeeping after transport packets were encrypted with `current` (also for the batched data plane)."""
+        self.tx_bytes += nbytes
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_sent()
+        if data:
+            self._timers_data_sent(now)
+        # keep_key_fresh (send side)
+        kp = self.current
+        if kp is not None and kp.valid and (
+            kp.send_counter > REKEY_AFTER_MESSAGES
+            or (kp.initiator and now - kp.created >= REKEY_AFTER_TIME)
+        ):
+            self.send_initiation(now, out)
+
+    # ------------------------------------------------------------------
+    # transport receiving
+    # ------------------------------------------------------------------
+
+    def note_received(self, kp: Keypair, now: float, endpoint: tuple, nbytes: int, data: bool, out: list[Action]) -> None:
+        """Bookkeeping after authenticated transport packets arrived on `kp` (also for the batched data plane)."""
+        self.rx_bytes += nbytes
+        self.set_endpoint(endpoint, out)
+        self._timers_any_authenticated_packet_received()
+        self._timers_any_authenticated_packet_traversal(now)
+        if self._received_with_keypair(kp):
+            self._timers_handshake_complete(now)
+            out.append(Event("handshake_completed", self))
+            self.send_staged(now, out)
+        # keep_key_fresh (receive side)
+        cur = self.current
+        if (
+            cur is not None and cur.valid and cur.initiator
+            and now - cur.created >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+            and not self.sent_lastminute_handshake
+        ):
+            self.sent_lastminute_handshake = True
+            self.send_initiation(now, out)
+        if data:
+            self._timers_data_received(now)
+
+    def set_endpoint(self, endpoint: tuple, out: list[Action]) -> None:
+        if endpoint != self.endpoint:
+            old = self.endpoint
+            self.endpoint = endpoint
+            if old is not None:
+                out.append(Event("roamed", self, endpoint))
+
