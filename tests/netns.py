@@ -256,8 +256,13 @@ class Netns:
 
     def snapshot(self) -> dict[str, Any]:
         """The namespace's links, addresses and routes (all tables, v4 and v6), for before/after equality."""
+        links = self.ip_json("addr")
+        for link in links:
+            # The kernel attaches the default qdisc the first time a link goes
+            # up and keeps it after it goes down: not a change anyone can undo.
+            link.pop("qdisc", None)
         return {
-            "addr": self.ip_json("addr"),
+            "addr": links,
             "route4": self.ip_json("-4", "route", "show", "table", "all"),
             "route6": self.ip_json("-6", "route", "show", "table", "all"),
             "rule4": self.ip_json("-4", "rule"),
