@@ -68,12 +68,13 @@ _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 class ConfigError(ValueError):
     """A configuration file we refuse; str() is `file:line: what is wrong`."""
 
-    def __init__(self, filename: str, line: int | None, message: str):
+    def __init__(self, filename: str, line: int | None, message: str, text: str | None = None):
         self.filename = filename
         self.line = line
         self.message = message
         where = f"{filename}:{line}" if line is not None else filename
-        super().__init__(f"{where}: {message}")
+        # `text` replaces the usual form when the message already names the file.
+        super().__init__(text or f"{where}: {message}")
 
 
 class EndpointResolutionError(OSError):
@@ -271,7 +272,10 @@ def _endpoint(text: str) -> tuple[str, int]:
                 IPv4Address(host)
             except ValueError:
                 raise _Bad(f"{text!r}: {host!r} is not an IPv4 address") from None
-    return host, _uint(port_text, 1, 65535, "a port (1-65535)")
+    try:
+        return host, _uint(port_text, 1, 65535, "a port (1-65535)")
+    except _Bad as bad:
+        raise _Bad(f"{text!r}: {bad}") from None
 
 
 def _fwmark(text: str) -> int:
@@ -551,7 +555,7 @@ def load_config(path: str | os.PathLike) -> Config:
     try:
         data = read_private_file(filename)
     except InsecureFileError as e:
-        raise ConfigError(filename, None, str(e).removeprefix(f"{filename} ")) from None
+        raise ConfigError(filename, None, str(e), text=str(e)) from None
     except OSError as e:
         raise ConfigError(filename, None, f"cannot read: {e.strerror or e}") from None
     try:
