@@ -234,7 +234,9 @@ class Netns:
         cmd += ["type", "veth", "peer", "name", other_name, "netns", other.name]
         if mtu:
             cmd += ["mtu", str(mtu)]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise HarnessError(f"{' '.join(cmd)}: {res.stderr.strip()}")
         for ns, n, a in ((self, name, addr), (other, other_name, other_addr)):
             for one in [a] if isinstance(a, str) else (a or []):
                 ns.addr(n, one)
@@ -332,7 +334,9 @@ class Topology:
                 raise HarnessError(f"namespace {full} is still in use by another topology of this process")
             # Left by a dead process that had our pid: ours to reclaim.
             subprocess.run(["ip", "netns", "del", full], capture_output=True)
-        subprocess.run(["ip", "netns", "add", full], check=True, capture_output=True, text=True)
+        res = subprocess.run(["ip", "netns", "add", full], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise HarnessError(f"ip netns add {full}: {res.stderr.strip()}")
         _OURS.add(full)
         ns = Netns(self, name, full)
         self.namespaces[name] = ns
