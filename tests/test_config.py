@@ -610,3 +610,30 @@ def test_resolve_failure(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a: [(socket.AF_UNIX, 2, 0, "", "/x")])
     with pytest.raises(EndpointResolutionError, match="no IPv4 or IPv6 address"):
         resolve_endpoint("odd", 1)
+
+
+# --- the real wg(8) accepts what we strip ----------------------------------------------
+
+
+@pytest.mark.netns
+def test_real_wg_setconf_accepts_stripped_file(netns_factory):
+    """`wg setconf` on a wireguard-go device takes our stripped file; `wg showconf` reads back the same."""
+    from tests.netns import wireguard_go
+
+    topo = netns_factory("tcf")
+    ns = topo.netns("a")
+    ifname = topo.unique_ifname("tcf")
+    wireguard_go(ns, ifname, PRIV_B64, 40001)
+    # Host names would need DNS inside the namespace: use addresses here.
+    c = parse(FULL.replace("vpn.example.com:4500", "[2001:db8::9]:4500"))
+    ns.run(["wg", "setconf", ifname, "/dev/stdin"], input=c.to_setconf_text())
+    shown = parse(ns.run(["wg", "showconf", ifname]).stdout)
+    mine = c.strip_wg_quick()
+    assert shown.interface == mine.interface
+    assert len(shown.peers) == len(mine.peers)
+    for p in mine.peers:
+        q = shown.peer(p.public_key)
+        assert q is not None
+        assert (q.preshared_key, q.endpoint) == (p.preshared_key, p.endpoint)
+        assert q.persistent_keepalive == (p.persistent_keepalive or None)  # showconf omits "off"
+        assert sorted(q.allowed_networks(), key=str) == sorted(p.allowed_networks(), key=str)
