@@ -156,7 +156,9 @@ class _Symmetric:
 NOISE = load("noise_ikpsk2.json")["vector"]
 
 
-def test_noise_ikpsk2_cacophony_handshake_and_transport():
+def _cacophony_handshake() -> tuple[bytes, bytes]:
+    """Both sides of the vector's handshake, checked message by message;
+    returns the transport keys (initiator-to-responder, responder-to-initiator)."""
     v = NOISE
     name = v["protocol_name"].encode()
     assert name == CONSTRUCTION
@@ -211,13 +213,18 @@ def test_noise_ikpsk2_cacophony_handshake_and_transport():
 
     assert ini.h == res.h == h(v["handshake_hash"])
 
-    # Transport: initiator sends with the first Split key, responder with the
-    # second; nonces count from 0 in each direction; no associated data.
     i_send, i_recv = ini.split()
     r_recv, r_send = res.split()
     assert (i_send, i_recv) == (r_recv, r_send)
+    return i_send, r_send
+
+
+def test_noise_ikpsk2_cacophony_handshake_and_transport():
+    i_send, r_send = _cacophony_handshake()
+    # Transport: initiator sends with the first Split key, responder with the
+    # second; nonces count from 0 in each direction; no associated data.
     counters = [0, 0]
-    for index, m in enumerate(msgs[2:]):
+    for index, m in enumerate(NOISE["messages"][2:]):
         direction = index % 2  # 0: initiator -> responder
         key = i_send if direction == 0 else r_send
         n = counters[direction]
@@ -227,13 +234,17 @@ def test_noise_ikpsk2_cacophony_handshake_and_transport():
 
 
 def test_noise_vector_rejects_a_flipped_bit():
-    # The same transcript with one bit of the first transport message changed
-    # must not authenticate: the AEAD really is checking the tag.
-    v = NOISE
-    tampered = bytearray(h(v["messages"][2]["ciphertext"]))
+    # The first transport message opens under the derived key only as
+    # published: one flipped bit, or the wrong nonce, and the tag fails.
+    i_send, _ = _cacophony_handshake()
+    sealed = h(NOISE["messages"][2]["ciphertext"])
+    assert crypto.AEAD_DECRYPT(i_send, 0, sealed, b"") == h(NOISE["messages"][2]["payload"])
+    tampered = bytearray(sealed)
     tampered[0] ^= 1
     with pytest.raises(crypto.InvalidTag):
-        crypto.AEAD_DECRYPT(bytes(32), 0, bytes(tampered), b"")
+        crypto.AEAD_DECRYPT(i_send, 0, bytes(tampered), b"")
+    with pytest.raises(crypto.InvalidTag):
+        crypto.AEAD_DECRYPT(i_send, 1, sealed, b"")
 
 
 # --- ChaCha20-Poly1305, HChaCha20, XChaCha20-Poly1305 --------------------------------
