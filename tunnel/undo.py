@@ -25,6 +25,28 @@ _UNDOERS: dict[str, UndoFn] = {}
 
 DEFAULT_STATE_DIR = "/run/tunnel"
 
+# Every module that registers undoers: imported before undoing, so that a
+# fresh `tunnel down` process knows every kind an earlier run recorded.
+UNDOER_MODULES = (
+    "tunnel.netconfig",
+    "tunnel.nft",
+    "tunnel.tun",
+    "client.routing",
+    "client.dns",
+    "client.killswitch",
+    "server.gateway",
+)
+
+
+def load_undoers() -> None:
+    import importlib
+
+    for name in UNDOER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
 
 def undoer(kind: str) -> Callable[[UndoFn], UndoFn]:
     """Register the function that undoes changes of `kind`; it gets the params as keywords."""
@@ -71,8 +93,14 @@ class Journal:
         self._save()
 
     def undo_all(self) -> list[str]:
-        """Undo every recorded change, newest first; return messages for the steps that failed."""
+        """Undo every recorded change, newest first; return messages for the steps that failed.
+
+        A step that failed, or whose kind no module registers, stays in the
+        state file so that a later `tunnel down` can try it again.
+        """
+        load_undoers()
         failures: list[str] = []
+        kept: list[dict[str, Any]] = []
         while self.steps:
             step = self.steps[-1]
             fn = _UNDOERS.get(step["kind"])
@@ -82,9 +110,14 @@ class Journal:
                 fn(**step.get("params", {}))
             except Exception as exc:  # each step on its own: the rest must still run
                 failures.append(f"undo {step['kind']}: {exc}")
+                kept.insert(0, step)
             self.steps.pop()
             self._save()
-        self.remove_file()
+        if kept:
+            self.steps = kept
+            self._save()
+        else:
+            self.remove_file()
         return failures
 
     @property
