@@ -1,0 +1,195 @@
+"""UDP sockets for the data plane: one IPv4 and one IPv6 socket on one port,
+UDP GRO on receive, UDP GSO on send.
+
+Rules this module keeps:
+- Two sockets, the IPv6 one with IPV6_V6ONLY, as wireguard-go does: the
+  IPv6 socket never sees v4-mapped addresses, and an IPv4 peer is always
+  sent to from the IPv4 socket. `normalize()` turns a v4-mapped address
+  given by a user ("::ffff:192.0.2.1") into the plain IPv4 one, and
+  `UdpEndpoint.socket_for()` picks the socket by the address's family.
+- Addresses are what Python's socket module gives and takes: (host, port)
+  for IPv4, (host, port, flowinfo, scope_id) from the IPv6 socket.
+- Sockets are non-blocking; `recv_batch` raises BlockingIOError when empty.
+- `send_gso` sends a train of equal-sized datagrams (the last may be
+  shorter) in one sendmsg with a UDP_SEGMENT cmsg. If the kernel refuses
+  GSO for a socket (EIO: no checksum offload on the route; EINVAL), that
+  socket is remembered and later trains go out one sendto per datagram.
+- Only the Linux socket options are used; there is no portable fallback.
+"""
+
+import errno
+import socket
+import struct
+import sys
+import weakref
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_MARK = 36
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+# The kernel accepts at most UDP_MAX_SEGMENTS datagrams per GSO send (64
+# before Linux 6.9, 128 since) and 65507 bytes of UDP payload in all.
+MAX_GSO_SEGMENTS = 64
+MAX_GSO_BYTES = 65507
+
+# Sized for the largest GRO train; recv_batch truncates beyond this.
+RECV_BUFFER_SIZE = 65536
+
+_SEGMENT = struct.Struct("=H")  # UDP_SEGMENT cmsg: a u16 in host order
+_ANC_SIZE = socket.CMSG_SPACE(4)  # UDP_GRO cmsg: an int
+_NO_GSO = weakref.WeakSet()
+_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+def normalize(addr: tuple) -> tuple:
+    """(host, port) with a v4-mapped IPv6 host turned into plain IPv4."""
+    host = addr[0]
+    if host[:7].lower() == "::ffff:" and "." in host:
+        return (host[7:], addr[1])
+    return addr
+
+
+class UdpEndpoint:
+    """The IPv4 and IPv6 sockets of one listening port.
+
+    `UdpEndpoint(port=0, fwmark=0, host4="0.0.0.0", host6="::", v4=True,
+    v6=True, buffer_size=8 MiB, gro=True)`. `.sock4` / `.sock6` (None when
+    that family is disabled or the host has no IPv6), `.port` (the port
+    both got; with port 0 the IPv6 socket binds the one the IPv4 socket
+    was given, retrying a new one if it is taken), `.gro` (UDP_GRO
+    accepted on every socket).
+    """
+
+    def __init__(self, port: int = 0, fwmark: int = 0, host4: str = "0.0.0.0",
+                 host6: str = "::", v4: bool = True, v6: bool = True,
+                 buffer_size: int = 8 << 20, gro: bool = True):
+        if not (v4 or v6):
+            raise ValueError("need at least one address family")
+        self.sock4 = self.sock6 = None
+        self.gro = gro
+        attempts = 10 if port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                self._bind(port, host4, host6, v4, v6, buffer_size, fwmark)
+                return
+            except OSError as e:
+                self.close()
+                if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
+
+    def _bind(self, port, host4, host6, v4, v6, buffer_size, fwmark):
+        if v4:
+            self.sock4 = self._open(socket.AF_INET, buffer_size, fwmark)
+            self.sock4.bind((host4, port))
+            port = self.sock4.getsockname()[1]
+        if v6:
+            try:
+                s = self._open(socket.AF_INET6, buffer_size, fwmark)
+            except OSError as e:
+                if e.errno != errno.EAFNOSUPPORT or not v4:
+                    raise
+                s = None  # kernel without IPv6: carry on with IPv4 only
+            if s is not None:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                self.sock6 = s
+                s.bind((host6, port))
+                port = s.getsockname()[1]
+        self.port = port
+
+    def _open(self, family, buffer_size, fwmark):
+        s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                          | socket.SOCK_CLOEXEC)
+        try:
+            for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                                 (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+                # FORCE ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN.
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, force, buffer_size)
+                except PermissionError:
+                    s.setsockopt(socket.SOL_SOCKET, plain, buffer_size)
+            if fwmark:
+                s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+            if self.gro:
+                try:
+                    s.setsockopt(SOL_UDP, UDP_GRO, 1)
+                except OSError:
+                    self.gro = False  # before Linux 5.0: plain datagrams
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def sockets(self) -> list:
+        return [s for s in (self.sock4, self.sock6) if s is not None]
+
+    def socket_for(self, addr: tuple):
+        """The socket to send to `addr` from (None if that family is off)."""
+        return self.sock6 if ":" in addr[0] else self.sock4
+
+    def close(self) -> None:
+        for s in self.sockets():
+            s.close()
+        self.sock4 = self.sock6 = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def recv_batch(sock, buf) -> tuple:
+    """Receives one datagram or one GRO train into buf.
+
+    Returns (nbytes, segment_size, address): the train is nbytes long and
+    made of datagrams of segment_size bytes, the last one possibly shorter;
+    a plain datagram gives segment_size == nbytes. buf should hold
+    RECV_BUFFER_SIZE bytes; the kernel truncates what does not fit.
+    Raises BlockingIOError when nothing is queued.
+    """
+    nbytes, anc, _, addr = sock.recvmsg_into((buf,), _ANC_SIZE)
+    for level, kind, data in anc:
+        if level == SOL_UDP and kind == UDP_GRO:
+            return nbytes, int.from_bytes(data[:4], sys.byteorder), addr
+    return nbytes, nbytes, addr
+
+
+def send_gso(sock, view, segment_size: int, addr: tuple) -> None:
+    """Sends view as datagrams of segment_size bytes (the last may be
+    shorter) to addr, in as few system calls as the kernel allows.
+
+    OSError other than GSO being refused propagates (BlockingIOError when
+    the socket buffer is full); datagrams before the failing call were sent.
+    """
+    n = len(view)
+    if n <= segment_size:
+        sock.sendto(view, addr)
+        return
+    if sock not in _NO_GSO:
+        step = segment_size * MAX_GSO_SEGMENTS
+        if step > MAX_GSO_BYTES:
+            step = MAX_GSO_BYTES - MAX_GSO_BYTES % segment_size
+        cmsg = ((SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(segment_size)),)
+        try:
+            for off in range(0, n, step):
+                sock.sendmsg((view[off:off + step],), cmsg, 0, addr)
+            return
+        except OSError as e:
+            if e.errno not in _GSO_REFUSED or off:
+                raise
+            _NO_GSO.add(sock)
+    for off in range(0, n, segment_size):
+        sock.sendto(view[off:off + segment_size], addr)
+
+
+def gso_refused(sock) -> bool:
+    """True once the kernel refused GSO on this socket."""
+    return sock in _NO_GSO
+
+
+def disable_gso(sock) -> None:
+    """Sends to this socket's peers one datagram per call from now on."""
+    _NO_GSO.add(sock)
