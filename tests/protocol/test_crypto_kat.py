@@ -335,20 +335,9 @@ def test_tai64n_is_monotonic_in_wall_time():
     assert crypto.TAI64N(1_700_000_001.0) > crypto.TAI64N(1_700_000_000.999)
 
 
-# Known defect, reported to the owner of crypto.py: TAI64N rounds the
-# nanoseconds down to multiples of 20 ms (1e9 // 50), while wireguard-go and
-# the kernel clear the low 24 bits (multiples of 2**24 ns, ~16.8 ms). Peers
-# only compare timestamps, so this does not break a handshake, but the bytes
-# differ from wireguard-go's. strict=True: once crypto.py is fixed these cases
-# XPASS and fail, and this marker must go.
-_WHITENER_DEFECT = pytest.mark.xfail(
-    strict=True, reason="crypto.TAI64N whitens to 20 ms, wireguard-go to 2**24 ns"
-)
-
-
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=_WHITENER_DEFECT) if c["nanoseconds"] else c for c in TAI["cases"]],
+    TAI["cases"],
     ids=lambda c: f"{c['unix_seconds']}.{c['nanoseconds']:09d}",
 )
 def test_tai64n_matches_wireguard_go_stamp(case):

@@ -181,16 +181,17 @@ class PrivateKey:
 # --- TAI64N -------------------------------------------------------------------
 
 _TAI64_BASE = (1 << 62) + 10  # TAI64 label of the Unix epoch, plus TAI-UTC offset as wireguard-go
-# The kernel and wireguard-go round the nanoseconds down to 1/50 s so that a
-# timestamp leaks less about the initiator's clock.
-_WHITEN = 1_000_000_000 // 50
+# The kernel and wireguard-go clear the low 24 bits of the nanoseconds (about
+# 1/60 s, the power of two below 1/50 s) so a timestamp leaks less about the
+# initiator's clock.
+_WHITEN_MASK = ~0xFFFFFF
 
 
 def TAI64N(wall: float) -> bytes:
     """12-byte TAI64N label for a Unix time in seconds."""
     seconds = int(wall)
     nanos = int((wall - seconds) * 1e9)
-    nanos -= nanos % _WHITEN
+    nanos &= _WHITEN_MASK
     return struct.pack(">QI", _TAI64_BASE + seconds, nanos)
 
 
