@@ -304,8 +304,13 @@ def consume_initiation(
     ):
         raise HandshakeFlood("initiations arriving faster than allowed")
 
-    # Every check passed: only now does the peer's state change.
+    # Every check passed: only now does the peer's state change. An index we
+    # gave an initiation of our own stays recorded until create_response
+    # replaces it, so the owner can still release it (as the kernel keeps its
+    # index-table entry); forgetting it here would leak it forever.
+    pending_index = hs.local_index
     hs.clear()
+    hs.local_index = pending_index
     hs.latest_timestamp = timestamp
     hs.last_initiation_consumption = now
     hs.hash, hs.chaining_key = h, c
