@@ -277,8 +277,8 @@ def test_secrets_not_in_repr():
 
 def test_unknown_key_is_an_error_naming_the_line():
     with pytest.raises(ConfigError) as e:
-        parse(iface("KillSwitch = on\n"))
-    assert str(e.value) == "wg0.conf:3: unknown key 'KillSwitch' in [Interface]"
+        parse(iface("Killswitsh = on\n"))
+    assert str(e.value) == "wg0.conf:3: unknown key 'Killswitsh' in [Interface]"
     assert (e.value.filename, e.value.line) == ("wg0.conf", 3)
 
 

@@ -90,7 +90,10 @@ class InterfaceConfig:
 
     # Our own keys, lower case -> spelling used when writing. Later features add
     # theirs here (e.g. "killswitch": "KillSwitch"); wg-quick never sees them.
-    EXTENSION_KEYS: ClassVar[dict[str, str]] = {}
+    EXTENSION_KEYS: ClassVar[dict[str, str]] = {
+        "killswitch": "KillSwitch",  # on/off; default on for full-tunnel configs
+        "metricsaddress": "MetricsAddress",  # host:port of the Prometheus endpoint
+    }
 
     private_key: bytes = field(repr=False)
     listen_port: int | None = None  # 0: the kernel picks one

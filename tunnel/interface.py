@@ -1,0 +1,240 @@
+"""One running interface: `tunnel up CONFIG` from start to clean exit.
+
+Order of bring-up (each OS change recorded in the journal before it is made):
+    undo whatever a crashed earlier run left (its state file)
+    PreUp hooks
+    TUN device, addresses, MTU, link up
+    UDP sockets (v4 and v6, SO_MARK = FwMark)
+    routes for AllowedIPs; full-tunnel policy routing, DNS, kill switch (client);
+    forwarding and NAT (server)
+    PostUp hooks, then "ready"
+and on SIGINT/SIGTERM the reverse: PreDown, undo everything, PostDown.
+
+Rules kept here:
+- this module and the data plane are the only places that read the clock;
+- a role (client full tunnel, server gateway) is chosen from the config, as
+  wg-quick decides, and its code lives in client/ and server/.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import hooks, netconfig
+from .config import Config, EndpointResolutionError, resolve_endpoint
+from .dataplane import DataPlane
+from .protocol import Device
+from .protocol.constants import DEFAULT_MTU, OVERHEAD_IPV6
+from .tun import Tun, TunError
+from .udp import UdpEndpoint
+from .undo import Journal
+
+log = logging.getLogger("tunnel")
+
+DEFAULT_FWMARK = 51820
+
+
+class InterfaceError(RuntimeError):
+    """Bring-up failed for a reason the user can act on (printed without a traceback)."""
+
+
+@dataclass
+class Options:
+    """What the caller may change beyond the config file."""
+
+    state_dir: str | None = None
+    vnet_hdr: bool = True
+    resolv_conf: str = "/etc/resolv.conf"
+    use_resolved: bool | None = None
+    killswitch: bool | None = None  # None: on for full-tunnel configs
+    on_ready: Callable[["Interface"], None] | None = None
+    extra_setup: list[Callable[["Interface"], None]] = field(default_factory=list)
+
+
+class Interface:
+    def __init__(self, config: Config, options: Options | None = None):
+        if not config.name:
+            raise InterfaceError("the configuration has no interface name")
+        self.config = config
+        self.name = config.name
+        self.options = options or Options()
+        self.journal = Journal.for_interface(self.name, self.options.state_dir)
+        self.tun: Tun | None = None
+        self.udp: UdpEndpoint | None = None
+        self.device: Device | None = None
+        self.plane: DataPlane | None = None
+        self.fwmark: int | None = None
+        self.full_tunnel = (False, False)
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------
+
+    def bring_up(self) -> None:
+        cfg = self.config
+        iface = cfg.interface
+        if self.journal.pending:
+            log.info("%s: undoing what an earlier run left behind", self.name)
+            for failure in self.journal.undo_all():
+                log.warning("%s: %s", self.name, failure)
+        hooks.run_hooks(iface.pre_up, self.name, "PreUp")
+
+        allowed = [str(n) for p in cfg.peers for n in p.allowed_networks()]
+        from client.routing import is_full_tunnel
+
+        self.full_tunnel = is_full_tunnel(allowed)
+        full = any(self.full_tunnel)
+        fwmark = iface.fwmark
+        if full and not fwmark and _table_setting(iface.table) != "off":
+            fwmark = DEFAULT_FWMARK
+        self.fwmark = fwmark or None
+
+        mtu = iface.mtu or self._derive_mtu()
+        self.journal.record("link", ifname=self.name)
+        try:
+            self.tun = Tun(self.name, vnet_hdr=self.options.vnet_hdr, offload=self.options.vnet_hdr)
+        except TunError as exc:
+            raise InterfaceError(f"cannot create {self.name}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise InterfaceError(str(exc)) from None
+        netconfig.set_up(self.journal, self.name, [str(a) for a in iface.addresses], mtu)
+
+        try:
+            self.udp = UdpEndpoint(iface.listen_port or 0, fwmark=self.fwmark or 0)
+        except OSError as exc:
+            raise InterfaceError(f"cannot bind UDP port {iface.listen_port}: {exc.strerror or exc}") from None
+
+        self.device = Device(iface.private_key, wall_epoch=time.time() - time.monotonic(), mtu=mtu)
+        for p in cfg.peers:
+            endpoint = None
+            if p.endpoint is not None:
+                endpoint = self._resolve(p.endpoint)
+            self.device.add_peer(
+                p.public_key,
+                preshared_key=p.preshared_key,
+                allowed_ips=[str(n) for n in p.allowed_networks()],
+                endpoint=endpoint,
+                persistent_keepalive=p.persistent_keepalive or 0,
+                name=p.name,
+            )
+
+        self._routes(allowed)
+        for step in self.options.extra_setup:
+            step(self)
+        self.plane = DataPlane(self.device, self.tun, self.udp, vnet_hdr=self.options.vnet_hdr)
+        now = time.monotonic()
+        for peer in self.device.peers.values():
+            if peer.endpoint is not None and peer.persistent_keepalive:
+                self.plane.perform(self.device.send_keepalive(peer, now), now)
+        hooks.run_hooks(iface.post_up, self.name, "PostUp")
+        log.info("%s: up, listening on UDP port %d, %d peer(s), MTU %d", self.name, self.udp.port, len(cfg.peers), mtu)
+
+    def _resolve(self, endpoint: tuple[str, int]):
+        host, port = endpoint
+        try:
+            return _endpoint_tuple(resolve_endpoint(host, port))
+        except EndpointResolutionError as exc:
+            raise InterfaceError(f"cannot resolve endpoint {host}: {exc}") from None
+
+    def _derive_mtu(self) -> int:
+        """wg-quick: the MTU of the route to each endpoint, less 80; 1420 without endpoints."""
+        best = None
+        for p in self.config.peers:
+            if p.endpoint is None:
+                continue
+            try:
+                ep = self._resolve(p.endpoint)
+                route = netconfig.route_get(ep[0])
+            except Exception:  # no route yet: fall back like wg-quick
+                continue
+            if route.mtu:
+                m = route.mtu - OVERHEAD_IPV6
+                best = m if best is None else min(best, m)
+        return best if best and best >= 1280 else DEFAULT_MTU
+
+    def _routes(self, allowed: list[str]) -> None:
+        iface = self.config.interface
+        table = _table_setting(iface.table)
+        if table == "off":
+            return
+        defaults, others = netconfig.split_default_routes(allowed)
+        table_id = None if table == "auto" else int(table)
+        if others:
+            netconfig.add_routes(self.journal, self.name, others, table=table_id)
+        if defaults and table == "auto":
+            from client import fulltunnel
+
+            fulltunnel.apply(self)
+
+    # ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Bring up, serve until SIGINT/SIGTERM, tear down. Always tears down."""
+        old = {}
+        try:
+            self.bring_up()
+            assert self.plane is not None
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                old[sig] = signal.signal(sig, lambda s, f: self.plane.stop())
+            if self.options.on_ready:
+                self.options.on_ready(self)
+            self.plane.run()
+            log.info("%s: stopping", self.name)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self.tear_down()
+
+    def tear_down(self) -> None:
+        iface = self.config.interface
+        try:
+            hooks.run_hooks(iface.pre_down, self.name, "PreDown")
+        except hooks.HookError as exc:
+            log.warning("%s", exc)
+        if self.udp is not None:
+            self.udp.close()
+            self.udp = None
+        if self.plane is not None:
+            self.plane.close()
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for failure in self.journal.undo_all():
+            log.warning("%s: %s", self.name, failure)
+        try:
+            hooks.run_hooks(iface.post_down, self.name, "PostDown")
+        except hooks.HookError as exc:
+            log.warning("%s", exc)
+
+
+def down(name: str, state_dir: str | None = None) -> list[str]:
+    """Remove whatever a crashed `up` of interface `name` left; safe to run twice."""
+    journal = Journal.for_interface(name, state_dir)
+    failures = journal.undo_all()
+    # The TUN link goes with its process; remove one left by another owner only if ours.
+    return failures
+
+
+def _table_setting(table: str | None) -> str:
+    if table is None:
+        return "auto"
+    t = table.strip().lower()
+    return t if t in ("off", "auto") else table
+
+
+def _endpoint_tuple(sockaddr) -> tuple:
+    """Endpoints as recvmsg reports them: (host, port) for IPv4, (host, port, 0, scope) for IPv6."""
+    if len(sockaddr) == 2:
+        return (sockaddr[0], sockaddr[1])
+    return (sockaddr[0], sockaddr[1], 0, sockaddr[3] if len(sockaddr) > 3 else 0)
+
+
+__all__ = ["Interface", "InterfaceError", "Options", "down"]
+
+# silence "imported but unused" for names re-exported for callers
+_ = (ipaddress, os)
