@@ -53,7 +53,11 @@ def ruleset(ifname: str, pools: list[str], masquerade: bool, allow_client_to_cli
         f'    oifname "{ifname}" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu',
     ]
     if not allow_client_to_client:
-        forward.append(f'    iifname "{ifname}" oifname "{ifname}" counter drop comment "{C2C_COMMENT}"')
+        # Counted for unicast only (the figure `tunnel status` shows); the
+        # kernel also offers some link-scope multicast here, dropped uncounted.
+        forward.append(f'    iifname "{ifname}" oifname "{ifname}" meta pkttype unicast '
+                       f'counter drop comment "{C2C_COMMENT}"')
+        forward.append(f'    iifname "{ifname}" oifname "{ifname}" drop')
     forward.append("}")
     lines = forward
     if masquerade and nets:
