@@ -191,9 +191,25 @@ class Device:
 
     def next_deadline(self) -> float | None:
         """When tick() next has work to do (None: no timer armed)."""
-        while self._heap and self._heap[0][2].removed:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        # The heap keeps entries of timers since disarmed or pushed later
+        # (a keepalive cancelled by a sent packet): drop those at the top, so
+        # the caller does not wake for nothing, and re-file the peer's real one.
+        heap = self._heap
+        while heap:
+            when, _, peer = heap[0]
+            if not peer.removed:
+                real = peer.next_deadline()
+                if real is not None and real <= when:
+                    return when
+            heapq.heappop(heap)
+            if peer.removed:
+                continue
+            if peer.scheduled == when:
+                peer.scheduled = float("inf")
+            if real is not None and real < peer.scheduled:
+                peer.scheduled = real
+                self._schedule(peer, real)
+        return None
 
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
