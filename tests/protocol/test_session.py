@@ -388,3 +388,15 @@ def test_keepalive_is_32_bytes_and_writes_nothing():
     net, a, b = established_pair(seed=49)
     a.keepalive(b)
     assert len(net.log[-1].data) == 32 and b.written == [] and b.drops == []
+
+
+def test_peer_without_endpoint_learns_it_from_a_handshake():
+    """The server case: b has no endpoint for a until a's initiation arrives."""
+    net, a, b = make_pair(seed=59, endpoint_b=False)
+    pb = b.peer_of(a)
+    assert b.device.send_packet(ipv4_packet(b.address4, a.address4), net.now) == [Drop("no_endpoint", pb)]
+    assert not pb.staged
+    a.ping(b)
+    assert pb.endpoint == a.endpoint
+    p = b.ping(a)
+    assert a.written == [p]

@@ -226,3 +226,22 @@ def test_tick_before_deadline_does_nothing():
     assert d is not None
     assert a.device.tick(d - 0.001) == []
     assert a.device.next_deadline() == d
+
+
+def test_set_persistent_keepalive_at_runtime():
+    net, a, b = established_pair(seed=59)
+    net.advance(20)
+    pa = a.peer_of(b)
+    mark = len(net.log)
+    out = a.device.set_persistent_keepalive(pa, 7, net.now)
+    net.handle(a, out)
+    net.deliver()
+    t = net.now
+    assert len(_keepalives(net, a, mark)) == 1  # enabling sends one at once, as wg does
+    net.advance(7 * 3 + 0.5)
+    assert _times(net, _keepalives(net, a, mark))[1:] == pytest.approx([t + 7, t + 14, t + 21])
+    a.device.set_persistent_keepalive(pa, 0, net.now)
+    _check_deadline(a)
+    mark = len(net.log)
+    net.advance(60)
+    assert _keepalives(net, a, mark) == []
