@@ -23,6 +23,24 @@ Rules this module keeps:
 
 MOD = 0xFFFF
 
+# CPython's `%` by a one-digit divisor does a hardware division per 30-bit
+# digit: ~2 us for 1400 bytes, more than converting them. Folding first
+# (x = high + low at a bit position that is a multiple of 16 keeps x's
+# residue) costs a few shifts and masks; four folds bring a 1500-byte sum
+# down to ~24 digits. Larger inputs stay correct, only the final `%` works
+# harder. Hot paths inline these four lines.
+F1, F2, F3, F4 = 5632, 2816, 1408, 704
+M1, M2, M3, M4 = (1 << F1) - 1, (1 << F2) - 1, (1 << F3) - 1, (1 << F4) - 1
+
+
+def reduce(x: int) -> int:
+    """x % 0xFFFF for a non-negative x, faster for big x."""
+    x = (x >> F1) + (x & M1)
+    x = (x >> F2) + (x & M2)
+    x = (x >> F3) + (x & M3)
+    x = (x >> F4) + (x & M4)
+    return x % MOD
+
 
 def raw_sum(data) -> int:
     """Unreduced sum of `data` (bytes-like) as if zero-padded to even length."""
@@ -37,17 +55,17 @@ def ones_sum(data, initial: int = 0) -> int:
     total = raw_sum(data) + initial
     if total == 0:
         return 0
-    return total % MOD or MOD
+    return reduce(total) or MOD
 
 
 def finish(total: int) -> int:
     """Checksum field value for an unreduced sum of everything it covers."""
-    return MOD - total % MOD
+    return MOD - reduce(total)
 
 
 def checksum(data, initial: int = 0) -> int:
     """The value to store in a checksum field covering `data` (field zeroed)."""
-    return MOD - (raw_sum(data) + initial) % MOD
+    return MOD - reduce(raw_sum(data) + initial)
 
 
 def is_valid(data, initial: int = 0) -> bool:
@@ -56,7 +74,7 @@ def is_valid(data, initial: int = 0) -> bool:
     Only meaningful when the covered bytes are not all zero, which holds for
     every header we check (a version nibble or a protocol number is set).
     """
-    return (raw_sum(data) + initial) % MOD == 0
+    return reduce(raw_sum(data) + initial) == 0
 
 
 def pseudo_header_sum(src, dst, protocol: int, length: int) -> int:

@@ -30,7 +30,7 @@ Rules this module keeps:
 
 import struct
 
-from .checksum import MOD, raw_sum
+from .checksum import F1, F2, F3, F4, M1, M2, M3, M4, MOD, raw_sum, reduce
 
 # virtio_net_hdr without num_buffers (TUNSETVNETHDRSZ 10): flags u8,
 # gso_type u8, hdr_len, gso_size, csum_start, csum_offset (u16 each, in the
@@ -174,7 +174,7 @@ class Splitter:
             ident, frag, ttlp, ip_csum = struct.unpack_from(">HHHH", buf, ip + 4)
             total_field = (buf[ip + 2] << 8) | buf[ip + 3]
             # Header sum without the fields rewritten per segment.
-            self._ip_base = raw_sum(buf[ip:l4]) - total_field - ident - ip_csum
+            self._ip_base = (raw_sum(buf[ip:l4]) - total_field - ident - ip_csum) % MOD
             self._ident = ident
             self._ip_frag = frag
             self._ip_ttlp = ttlp
@@ -183,13 +183,13 @@ class Splitter:
         if kind == GSO_UDP_L4:
             length_field, csum = struct.unpack_from(">HH", buf, l4 + 4)
             self._base = (addr_sum + PROTO_UDP + raw_sum(buf[l4:hdr_end])
-                          - length_field - csum)
+                          - length_field - csum) % MOD
             self.write = self._write_udp4 if version == 4 else self._write_udp6
         else:
             seq, ack, offflags, window, csum = _TCP_TAIL.unpack_from(buf, l4 + 4)
             tflags = offflags & 0xFF
             self._base = (addr_sum + PROTO_TCP + raw_sum(buf[l4:hdr_end])
-                          - seq - tflags - csum)
+                          - seq - tflags - csum) % MOD
             self._seq = seq
             self._ack = ack
             self._offbyte = offflags & 0xFF00
@@ -236,8 +236,76 @@ class Splitter:
         src = self._src
         out[pos:pos + n] = src[h:h + n]
         total = raw_sum(src[self._pay:self._end])
-        _U16.pack_into(out, pos + self._csum_at, MOD - total % MOD)
+        _U16.pack_into(out, pos + self._csum_at, MOD - reduce(total))
         return n
+
+    # The TCP writers are the hot path: copy and checksum are inlined, the
+    # payload's sum folded as in tunnel.checksum.reduce.
+
+    def _write_tcp4(self, i, out, pos):
+        src = self._src
+        hl = self._hl
+        h = self._hdr_start
+        out[pos:pos + hl] = src[h:h + hl]
+        plen = self._tail if i == self._last else self.gso_size
+        start = self._pay + i * self.gso_size
+        chunk = src[start:start + plen]
+        q = pos + hl
+        out[q:q + plen] = chunk
+        x = int.from_bytes(chunk, "big")
+        if plen & 1:
+            x <<= 8
+        x = (x >> F1) + (x & M1)
+        x = (x >> F2) + (x & M2)
+        x = (x >> F3) + (x & M3)
+        x = (x >> F4) + (x & M4)
+        total = hl + plen
+        ident = (self._ident + i) & 0xFFFF
+        _IP4_TAIL.pack_into(out, pos + 2, total, ident, self._ip_frag,
+                            self._ip_ttlp,
+                            MOD - (self._ip_base + total + ident) % MOD)
+        if i == 0:
+            f = self._f_first
+        elif i == self._last:
+            f = self._f_last
+        else:
+            f = self._f_mid
+        seq = (self._seq + i * self.gso_size) & 0xFFFFFFFF
+        _TCP_TAIL.pack_into(out, pos + self._l4 + 4, seq, self._ack,
+                            self._offbyte | f, self._window,
+                            MOD - (self._base + seq + f + self._l4hl + plen + x) % MOD)
+        return total
+
+    def _write_tcp6(self, i, out, pos):
+        src = self._src
+        hl = self._hl
+        h = self._hdr_start
+        out[pos:pos + hl] = src[h:h + hl]
+        plen = self._tail if i == self._last else self.gso_size
+        start = self._pay + i * self.gso_size
+        chunk = src[start:start + plen]
+        q = pos + hl
+        out[q:q + plen] = chunk
+        x = int.from_bytes(chunk, "big")
+        if plen & 1:
+            x <<= 8
+        x = (x >> F1) + (x & M1)
+        x = (x >> F2) + (x & M2)
+        x = (x >> F3) + (x & M3)
+        x = (x >> F4) + (x & M4)
+        l4len = self._l4hl + plen
+        _IP6_PLEN.pack_into(out, pos + 4, l4len)
+        if i == 0:
+            f = self._f_first
+        elif i == self._last:
+            f = self._f_last
+        else:
+            f = self._f_mid
+        seq = (self._seq + i * self.gso_size) & 0xFFFFFFFF
+        _TCP_TAIL.pack_into(out, pos + self._l4 + 4, seq, self._ack,
+                            self._offbyte | f, self._window,
+                            MOD - (self._base + seq + f + l4len + x) % MOD)
+        return hl + plen
 
     def _copy_segment(self, i, out, pos):
         """Copies headers and payload of segment i; returns (plen, data sum)."""
@@ -250,39 +318,7 @@ class Splitter:
         chunk = src[start:start + plen]
         q = pos + hl
         out[q:q + plen] = chunk
-        data = int.from_bytes(chunk, "big")
-        if plen & 1:
-            data <<= 8
-        return plen, data
-
-    def _write_tcp4(self, i, out, pos):
-        plen, data = self._copy_segment(i, out, pos)
-        total = self._hl + plen
-        ident = (self._ident + i) & 0xFFFF
-        _IP4_TAIL.pack_into(out, pos + 2, total, ident, self._ip_frag,
-                            self._ip_ttlp,
-                            MOD - (self._ip_base + total + ident) % MOD)
-        self._tcp_tail(i, out, pos, plen, data)
-        return total
-
-    def _write_tcp6(self, i, out, pos):
-        plen, data = self._copy_segment(i, out, pos)
-        _IP6_PLEN.pack_into(out, pos + 4, self._l4hl + plen)
-        self._tcp_tail(i, out, pos, plen, data)
-        return self._hl + plen
-
-    def _tcp_tail(self, i, out, pos, plen, data):
-        if i == 0:
-            f = self._f_first
-        elif i == self._last:
-            f = self._f_last
-        else:
-            f = self._f_mid
-        seq = (self._seq + i * self.gso_size) & 0xFFFFFFFF
-        l4len = self._l4hl + plen
-        _TCP_TAIL.pack_into(out, pos + self._l4 + 4, seq, self._ack,
-                            self._offbyte | f, self._window,
-                            MOD - (self._base + seq + f + l4len + data) % MOD)
+        return plen, reduce(raw_sum(chunk))
 
     def _write_udp4(self, i, out, pos):
         plen, data = self._copy_segment(i, out, pos)
@@ -388,8 +424,15 @@ class Coalescer:
             l4 = 20
             key = bytes(pkt[12:24])
             if self.verify:
-                if (int.from_bytes(pkt[0:20], "big") % MOD
-                        or (raw_sum(pkt[12:n]) + PROTO_TCP + n - 20) % MOD):
+                x = int.from_bytes(pkt[12:n], "big")
+                if n & 1:
+                    x <<= 8
+                x = (x >> F1) + (x & M1)
+                x = (x >> F2) + (x & M2)
+                x = (x >> F3) + (x & M3)
+                x = (x >> F4) + (x & M4)
+                if (x + PROTO_TCP + n - 20) % MOD or \
+                        int.from_bytes(pkt[0:20], "big") % MOD:
                     self.bad_checksums += 1
                     self._close(key)
                     self._pass(pkt, n, 0, None)
@@ -406,7 +449,18 @@ class Coalescer:
                 return
             l4 = 40
             key = bytes(pkt[8:44])
-            if self.verify and (raw_sum(pkt[8:n]) + PROTO_TCP + n - 40) % MOD:
+            if self.verify:
+                x = int.from_bytes(pkt[8:n], "big")
+                if n & 1:
+                    x <<= 8
+                x = (x >> F1) + (x & M1)
+                x = (x >> F2) + (x & M2)
+                x = (x >> F3) + (x & M3)
+                x = (x >> F4) + (x & M4)
+                bad = (x + PROTO_TCP + n - 40) % MOD
+            else:
+                bad = 0
+            if bad:
                 self.bad_checksums += 1
                 self._close(key)
                 self._pass(pkt, n, 0, None)

@@ -51,7 +51,7 @@ class Relay:
     Without, packets are copied as they are. Runs in a thread until stop().
     """
 
-    def __init__(self, left: Tun, right: Tun, check: int = 0):
+    def __init__(self, left: Tun, right: Tun, check: int = 0, verify: bool = True):
         self.tuns = (left, right)
         self.offload = left.vnet_hdr and right.vnet_hdr
         self.check = check  # super-packets to verify with the reference
@@ -59,7 +59,7 @@ class Relay:
         self.segments = 0
         self.written = 0
         self.errors: list[BaseException] = []
-        self.coalescers = (Coalescer(), Coalescer())
+        self.coalescers = (Coalescer(verify=verify), Coalescer(verify=verify))
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
