@@ -26,6 +26,10 @@ Rules this module keeps:
   blessed by our NEEDS_CSUM: failing packets pass through with flags 0 so
   the kernel checks them and drops them itself. A packet that verified and
   is written alone carries DATA_VALID, so the kernel does not sum it again.
+  wireguard-go verifies before merging too. `Coalescer(verify=False)` trusts
+  the authenticated peer as kernel WireGuard does (it marks decrypted
+  packets CHECKSUM_UNNECESSARY); it saves one big-int sum per packet
+  (~2 us here) and then writes single packets with flags 0.
 """
 
 import struct
