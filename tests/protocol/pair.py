@@ -162,6 +162,7 @@ class InFlight:
     destination: tuple
     data: bytes
     sender: Node
+    sent_at: float = 0.0  # the network clock when the sender produced it
 
 
 class Network:
@@ -227,7 +228,7 @@ class Network:
         for a in actions:
             if type(a) is SendDatagram:
                 node.sent.append(a)
-                f = InFlight(node.endpoint, a.endpoint, a.data, node)
+                f = InFlight(node.endpoint, a.endpoint, a.data, node, self.now)
                 self.log.append(f)
                 self._enqueue(f)
             elif type(a) is WritePacket:

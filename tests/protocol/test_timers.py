@@ -34,23 +34,7 @@ def _initiations(net, node, since=0):
 
 
 def _times(net, flights):
-    return [net.sent_at[id(f)] for f in flights]
-
-
-@pytest.fixture(autouse=True)
-def _stamp_send_times(monkeypatch):
-    """Record when each datagram was sent (the pair helper logs no times)."""
-    from . import pair
-
-    orig = pair.Network._enqueue
-
-    def enqueue(self, f):
-        if not hasattr(self, "sent_at"):
-            self.sent_at = {}
-        self.sent_at[id(f)] = self.now
-        orig(self, f)
-
-    monkeypatch.setattr(pair.Network, "_enqueue", enqueue)
+    return [f.sent_at for f in flights]
 
 
 def test_passive_keepalive_after_data_received():
@@ -63,7 +47,7 @@ def test_passive_keepalive_after_data_received():
     assert _keepalives(net, b, mark) == []
     net.advance(0.02)
     ka = _keepalives(net, b, mark)
-    assert len(ka) == 1 and net.sent_at[id(ka[0])] == pytest.approx(t0 + KEEPALIVE_TIMEOUT)
+    assert len(ka) == 1 and ka[0].sent_at == pytest.approx(t0 + KEEPALIVE_TIMEOUT)
     # one only: it was not data, so a does not answer it, and nothing more follows
     net.advance(100)
     assert len(_keepalives(net, b, mark)) == 1 and _keepalives(net, a, mark) == []
@@ -117,7 +101,7 @@ def test_new_handshake_when_sent_data_gets_no_reply():
     net.advance(J + 0.02)
     inits = _initiations(net, a, mark)
     assert len(inits) == 1
-    assert t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT <= net.sent_at[id(inits[0])] <= t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + J
+    assert t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT <= inits[0].sent_at <= t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + J
     assert "handshake_no_reply" in a.event_kinds()
 
 
