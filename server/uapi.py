@@ -1,0 +1,360 @@
+"""WireGuard's cross-platform userspace API (the text protocol of `wg` and wireguard-go).
+
+A request is lines of `key=value` ending with an empty line:
+    get=1            -> the interface and its peers, then `errno=0`
+    set=1 ...        -> changes, answered `errno=0` or `errno=-N`
+    get=tunnel       -> our extension: one `json=` line (peer names, interface
+                        counters, drops), then `errno=0`; `wg` never sends it.
+
+Rules kept here:
+- pure: text and a Context in, text out; the control socket does the I/O
+  and the caller's clock gives `now`;
+- a set request is parsed and checked whole before anything changes, so a
+  bad line leaves the running interface exactly as it was;
+- errno in a set answer is negative, as wireguard-go writes it: Debian's
+  `wg` turns `errno=-22` into "Invalid argument" (it negates the value);
+- what we cannot change while running (private key, listen port, fwmark)
+  is accepted when unchanged (`wg setconf`/`syncconf` always send it) and
+  refused with EOPNOTSUPP otherwise;
+- keys are hex on this wire; no key is ever logged.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tunnel.protocol.constants import KEY_LEN
+
+log = logging.getLogger("tunnel")
+
+MAX_KEEPALIVE = 65535
+
+
+class UapiError(Exception):
+    """A request we refuse; `errno` is the positive errno value."""
+
+    def __init__(self, errno: int, message: str):
+        super().__init__(message)
+        self.errno = errno
+
+
+@dataclass
+class Context:
+    """What a request may read and change: the running interface's pieces."""
+
+    device: Any  # tunnel.protocol.Device
+    private_key: bytes
+    listen_port: int
+    fwmark: int  # 0: off
+    now: Callable[[], float]  # monotonic clock, as the data plane's
+    perform: Callable[[list, float], None] = lambda actions, now: None
+    stats: Any = None  # the data plane's Stats, for get=tunnel
+    name: str = ""
+
+
+# --- get ----------------------------------------------------------------------------
+
+
+def format_endpoint(endpoint) -> str:
+    host, port = endpoint[0], endpoint[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _handshake_time(ctx: Context, peer) -> tuple[int, int]:
+    if peer.last_handshake is None:
+        return 0, 0
+    wall = ctx.device.wall(peer.last_handshake)
+    sec = int(wall)
+    return sec, int((wall - sec) * 1e9)
+
+
+def format_get(ctx: Context) -> str:
+    device = ctx.device
+    lines = [f"private_key={ctx.private_key.hex()}", f"listen_port={ctx.listen_port}"]
+    if ctx.fwmark:
+        lines.append(f"fwmark={ctx.fwmark}")
+    for peer in list(device.peers.values()):
+        lines.append(f"public_key={peer.public_key.hex()}")
+        psk = peer.handshake.preshared_key
+        if any(psk):
+            lines.append(f"preshared_key={psk.hex()}")
+        lines.append("protocol_version=1")
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
+        sec, nsec = _handshake_time(ctx, peer)
+        lines += [
+            f"last_handshake_time_sec={sec}",
+            f"last_handshake_time_nsec={nsec}",
+            f"tx_bytes={peer.tx_bytes}",
+            f"rx_bytes={peer.rx_bytes}",
+            f"persistent_keepalive_interval={peer.persistent_keepalive or 0}",
+        ]
+        lines += [f"allowed_ip={p}" for p in device.allowed_ips.prefixes(peer)]
+    return "\n".join(lines) + "\nerrno=0\n\n"
+
+
+def extended_status(ctx: Context) -> dict:
+    """Everything `tunnel show` prints, as plain JSON-able data (public keys in base64)."""
+    from tunnel.protocol.crypto import encode_key
+
+    device = ctx.device
+    peers = []
+    for peer in list(device.peers.values()):
+        sec, _ = _handshake_time(ctx, peer)
+        peers.append({
+            "public_key": encode_key(peer.public_key),
+            "name": peer.name,
+            "endpoint": format_endpoint(peer.endpoint) if peer.endpoint is not None else None,
+            "allowed_ips": device.allowed_ips.prefixes(peer),
+            "latest_handshake": sec,
+            "rx_bytes": peer.rx_bytes,
+            "tx_bytes": peer.tx_bytes,
+            "persistent_keepalive": peer.persistent_keepalive or 0,
+            "handshakes": getattr(peer, "handshakes_completed", 0),
+        })
+    stats = ctx.stats
+    counters: dict[str, Any] = {}
+    if stats is not None:
+        for key in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "cookie_replies",
+                    "handshakes_queued_max", "tun_writes", "udp_sends"):
+            counters[key] = getattr(stats, key, 0)
+        counters["drops"] = dict(stats.drops)
+    counters["handshakes"] = sum(p["handshakes"] for p in peers)
+    return {
+        "interface": ctx.name,
+        "public_key": encode_key(device.public_key),
+        "listen_port": ctx.listen_port,
+        "fwmark": ctx.fwmark,
+        "peers": peers,
+        "counters": counters,
+    }
+
+
+# --- set ----------------------------------------------------------------------------
+
+
+_UNSET: Any = object()
+
+
+@dataclass
+class PeerChange:
+    public_key: bytes
+    remove: bool = False
+    update_only: bool = False
+    preshared_key: Any = _UNSET  # bytes (all zero: none)
+    endpoint: Any = _UNSET  # socket-address tuple
+    keepalive: Any = _UNSET  # int
+    replace_allowed_ips: bool = False
+    allowed_ips: list[str] = field(default_factory=list)
+    name: Any = _UNSET  # our extension: `name=` after public_key
+
+
+@dataclass
+class SetRequest:
+    private_key: Any = _UNSET
+    listen_port: Any = _UNSET
+    fwmark: Any = _UNSET
+    replace_peers: bool = False
+    peers: list[PeerChange] = field(default_factory=list)
+
+
+def _hex_key(value: str, what: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != KEY_LEN or len(value) != 2 * KEY_LEN:
+        raise UapiError(E.EINVAL, f"{what} is not 64 hex digits")
+    return raw
+
+
+def _uint(value: str, hi: int, what: str) -> int:
+    if not value.isdigit() or int(value) > hi:
+        raise UapiError(E.EINVAL, f"{what} must be a number from 0 to {hi}")
+    return int(value)
+
+
+def _true(value: str, what: str) -> bool:
+    if value != "true":
+        raise UapiError(E.EINVAL, f"{what} only takes 'true'")
+    return True
+
+
+def parse_endpoint(value: str) -> tuple:
+    """`1.2.3.4:51820` or `[fd00::1]:51820` (numeric only, as wg sends) to a socket address."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UapiError(E.EINVAL, "endpoint must be IP:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    scope = 0
+    if "%" in host:
+        host, _, scope_text = host.partition("%")
+        scope = int(scope_text) if scope_text.isdigit() else 0
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise UapiError(E.EINVAL, "endpoint host must be a numeric IP address") from None
+    if addr.version == 4:
+        return (str(addr), int(port))
+    return (str(addr), int(port), 0, scope)
+
+
+def _prefix(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise UapiError(E.EINVAL, "allowed_ip must be an IP prefix") from None
+    return str(net)
+
+
+def parse_set(lines: list[str]) -> SetRequest:
+    """The key=value lines after `set=1` (without the final empty line)."""
+    req = SetRequest()
+    peer: PeerChange | None = None
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UapiError(E.EPROTO, "a line without '='")
+        if key == "public_key":
+            peer = PeerChange(_hex_key(value, "public_key"))
+            req.peers.append(peer)
+        elif peer is None:
+            if key == "private_key":
+                req.private_key = _hex_key(value, "private_key")
+            elif key == "listen_port":
+                req.listen_port = _uint(value, 65535, "listen_port")
+            elif key == "fwmark":
+                req.fwmark = _uint(value, 0xFFFFFFFF, "fwmark")
+            elif key == "replace_peers":
+                req.replace_peers = _true(value, key)
+            else:
+                raise UapiError(E.EINVAL, f"unknown interface key {key!r}")
+        elif key == "remove":
+            peer.remove = _true(value, key)
+        elif key == "update_only":
+            peer.update_only = _true(value, key)
+        elif key == "preshared_key":
+            peer.preshared_key = _hex_key(value, "preshared_key")
+        elif key == "endpoint":
+            peer.endpoint = parse_endpoint(value)
+        elif key == "persistent_keepalive_interval":
+            peer.keepalive = _uint(value, MAX_KEEPALIVE, key)
+        elif key == "replace_allowed_ips":
+            peer.replace_allowed_ips = _true(value, key)
+        elif key == "allowed_ip":
+            peer.allowed_ips.append(_prefix(value))
+        elif key == "protocol_version":
+            if value != "1":
+                raise UapiError(E.EINVAL, "only protocol_version=1 exists")
+        elif key == "name":
+            if not value or len(value) > 64 or not value.isprintable():
+                raise UapiError(E.EINVAL, "name must be 1-64 printable characters")
+            peer.name = value
+        else:
+            raise UapiError(E.EINVAL, f"unknown peer key {key!r}")
+    return req
+
+
+def _check(req: SetRequest, ctx: Context) -> None:
+    """Refuse, before any change, what we cannot do while running."""
+    if req.private_key is not _UNSET and req.private_key != ctx.private_key:
+        raise UapiError(E.EOPNOTSUPP, "the private key cannot change while running (restart with the new config)")
+    if req.listen_port is not _UNSET and req.listen_port != ctx.listen_port:
+        raise UapiError(E.EOPNOTSUPP, "the listen port cannot change while running")
+    if req.fwmark is not _UNSET and req.fwmark != (ctx.fwmark or 0):
+        raise UapiError(E.EOPNOTSUPP, "the fwmark cannot change while running")
+    own = ctx.device.public_key
+    for change in req.peers:
+        if change.public_key == own and not change.remove:
+            raise UapiError(E.EINVAL, "a peer cannot have the interface's own public key")
+
+
+def apply_set(req: SetRequest, ctx: Context) -> None:
+    _check(req, ctx)
+    device = ctx.device
+    now = ctx.now()
+    if req.replace_peers:
+        keep = {c.public_key for c in req.peers if not c.remove}
+        for key in [k for k in device.peers if k not in keep]:
+            _log_removed(device.remove_peer(key))
+    for change in req.peers:
+        peer = device.peers.get(change.public_key)
+        if change.remove:
+            if peer is not None:
+                _log_removed(device.remove_peer(change.public_key))
+            continue
+        if peer is None and change.update_only:
+            continue
+        fresh = peer is None or req.replace_peers
+        if peer is None:
+            psk = change.preshared_key if change.preshared_key is not _UNSET else None
+            peer = device.add_peer(
+                change.public_key,
+                preshared_key=psk if psk and any(psk) else None,
+                endpoint=change.endpoint if change.endpoint is not _UNSET else None,
+                name=change.name if change.name is not _UNSET else None,
+            )
+            added = True
+        else:
+            added = False
+            if change.preshared_key is not _UNSET or fresh:
+                psk = change.preshared_key if change.preshared_key is not _UNSET else bytes(KEY_LEN)
+                peer.handshake.preshared_key = psk
+            if change.endpoint is not _UNSET:
+                peer.endpoint = change.endpoint
+            if change.name is not _UNSET:
+                peer.name = change.name
+        if change.replace_allowed_ips or (fresh and not added):
+            device.allowed_ips.remove_value(peer)
+        for net in change.allowed_ips:
+            device.allowed_ips.insert(net, peer)
+        keepalive = change.keepalive if change.keepalive is not _UNSET else (0 if fresh else None)
+        if keepalive is not None and keepalive != peer.persistent_keepalive:
+            if peer.endpoint is None:
+                peer.persistent_keepalive = keepalive
+            else:
+                ctx.perform(device.set_persistent_keepalive(peer, keepalive, now), now)
+        if added:
+            log.info("peer %s: added, allowed IPs %s", _label(peer),
+                     ", ".join(device.allowed_ips.prefixes(peer)) or "(none)")
+
+
+def _label(peer) -> str:
+    if peer.name:
+        return peer.name
+    from tunnel.protocol.crypto import encode_key
+
+    return encode_key(peer.public_key)[:8] + "…"
+
+
+def _log_removed(peer) -> None:
+    log.info("peer %s: removed, its sessions ended", _label(peer))
+
+
+# --- one request --------------------------------------------------------------------
+
+
+def handle(request: str, ctx: Context) -> str:
+    """Answer one request (its text up to and without the final empty line)."""
+    lines = request.split("\n")
+    command = lines[0]
+    if command == "get=1":
+        if len(lines) > 1 and any(lines[1:]):
+            return f"errno={E.EINVAL}\n\n"
+        return format_get(ctx)
+    if command == "get=tunnel":
+        return "json=" + json.dumps(extended_status(ctx), separators=(",", ":")) + "\nerrno=0\n\n"
+    if command == "set=1":
+        try:
+            apply_set(parse_set([line for line in lines[1:] if line]), ctx)
+        except UapiError as exc:
+            log.warning("%s: refused a configuration change: %s", ctx.name or "control", exc)
+            return f"errno=-{exc.errno}\n\n"
+        return "errno=0\n\n"
+    return f"errno=-{E.EINVAL}\n\n"
