@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import hooks, netconfig
+from . import hooks, netconfig, sdnotify
 from .config import Config, EndpointResolutionError, resolve_endpoint
 from .dataplane import DataPlane
 from .protocol import Device
@@ -176,18 +176,28 @@ class Interface:
     def run(self) -> None:
         """Bring up, serve until SIGINT/SIGTERM, tear down. Always tears down."""
         old = {}
+        services: list = []
         try:
             self.bring_up()
             assert self.plane is not None
+            # Control socket (wg show/set), metrics, drop summaries: see server/services.py.
+            from server.services import start_services
+
+            services = start_services(self)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 old[sig] = signal.signal(sig, lambda s, f: self.plane.stop())
             if self.options.on_ready:
                 self.options.on_ready(self)
+            # Type=notify: the interface, its routes and the control socket exist now.
+            sdnotify.notify(f"READY=1\nSTATUS={self.name} up")
             self.plane.run()
             log.info("%s: stopping", self.name)
+            sdnotify.notify("STOPPING=1")
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+            for service in reversed(services):
+                service.close()
             self.tear_down()
 
     def tear_down(self) -> None:
