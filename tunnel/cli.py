@@ -91,6 +91,40 @@ def down(target: str, verbose: int) -> None:
         raise _Fail(failure)
 
 
+@main.command()
+@click.argument("iface", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def show(iface: str | None, as_json: bool) -> None:
+    """Peers, endpoints, handshakes and counters of running interfaces (all, or IFACE)."""
+    import json
+    import time
+
+    from server.control import ControlError
+    from .show import interfaces, render, status
+
+    names = [iface] if iface else interfaces()
+    states = []
+    for name in names:
+        try:
+            states.append(status(name))
+        except ControlError as exc:
+            if iface:
+                raise _Fail(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(states if not iface else states[0], indent=2))
+    else:
+        click.echo("\n".join(render(s, time.time()) for s in states), nl=False)
+
+
+def _server_group():
+    from server.cli_server import server
+
+    return server
+
+
+main.add_command(_server_group(), "server")
+
+
 # --- demonstration and measurement -----------------------------------------------
 
 
