@@ -1,0 +1,222 @@
+"""The server from nothing to connected clients, for real, in namespaces.
+
+    #              10.99.0.2 c-s ---- s-c 10.99.0.1
+    #   [c] alice: `tunnel up` with the generated file (full tunnel)
+    #              10.98.0.2 d-s ---- s-d 10.98.0.1    [s] `tunnel server up`
+    #   [d] bob: wireguard-go + `wg setconf` of the generated file, stripped
+    #              10.97.0.2 e-s ---- s-e 10.97.0.1
+    #   [e] carol: wireguard-go, added to the running server with `wg set`
+    #
+    # every client dials 10.99.0.1:51820; the pool is 10.8.0.0/24 + fd08::/64.
+
+Checked: init -> up -> add-client -> ping through the tunnel; `wg show`
+against our socket lists the right peers and counters; `tunnel show --json`
+names them; `wg set` adds a peer that connects; remove-client ends a session
+at once; add-client does not disturb a transfer already running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.tunnelproc import ROOT, Transfer, ping, start_tunnel, tunnel_env, wait_ping
+from tests.netns import Netns, genkey, wireguard_go
+
+pytestmark = pytest.mark.netns
+
+POOLS = ["10.8.0.0/24", "fd08::/64"]
+SERVER_TUN = "10.8.0.1"
+
+
+class Server:
+    """`tunnel server` in namespace [s], its files under WORKDIR/srv."""
+
+    def __init__(self, topo, tmp_path, split: bool = False):
+        self.topo = topo
+        self.s = topo.netns("s")
+        self.c = topo.netns("c")
+        self.s.link_veth(self.c, "10.99.0.1/24", "10.99.0.2/24")
+        self.ifname = topo.unique_ifname("sv")
+        self.dir = str(tmp_path / "srv")
+        self.state = str(tmp_path / "srv-state")
+        self.log_path = str(tmp_path / "server.log")
+        self.tmp = tmp_path
+        args = ["init", "--endpoint", "10.99.0.1", "--port", "51820"]
+        for pool in POOLS:
+            args += ["--pool", pool]
+        if split:
+            args.append("--split")
+        self.cli(*args)
+        self.proc = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = self.s.run([sys.executable, "-m", "tunnel", "server", *args, "--dir", self.dir, "-i", self.ifname],
+                         check=False, env=tunnel_env(self.state), timeout=60)
+        if check:
+            assert res.returncode == 0, f"tunnel server {' '.join(args)}:\n{res.stdout}{res.stderr}"
+        return res
+
+    def up(self) -> None:
+        logf = open(self.log_path, "wb")
+        try:
+            self.proc = self.s.popen([sys.executable, "-m", "tunnel", "server", "up", "--dir", self.dir,
+                                      "-i", self.ifname], stdout=logf, stderr=subprocess.STDOUT,
+                                     env=tunnel_env(self.state))
+        finally:
+            logf.close()
+        sock = f"/var/run/wireguard/{self.ifname}.sock"
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            return os.path.exists(sock) and ": up, listening" in self.log()
+
+        Netns.wait_for(ready, 30, what="server up")
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def add_client(self, name: str, *extra: str) -> str:
+        """add-client NAME; returns the client's config text as printed."""
+        res = self.cli("add-client", name, "--no-qr", *extra)
+        assert "added to the running server" in res.stderr, res.stderr
+        return res.stdout
+
+    def wg_dump(self) -> dict[str, list[str]]:
+        out = self.s.run(["wg", "show", self.ifname, "dump"]).stdout.strip().splitlines()
+        return {line.split("\t")[0]: line.split("\t") for line in out[1:]}
+
+    def show_json(self) -> dict:
+        res = self.s.run([sys.executable, "-m", "tunnel", "show", self.ifname, "--json"],
+                         env=tunnel_env(self.state))
+        return json.loads(res.stdout)
+
+
+def _client_pub(config_text: str) -> str:
+    from tunnel.config import parse_config
+    from tunnel.protocol.crypto import encode_key
+
+    return encode_key(parse_config(config_text).interface.public_key)
+
+
+def test_init_add_client_connect_show_and_remove(netns_factory, tmp_path):
+    topo = netns_factory("sv")
+    srv = Server(topo, tmp_path)
+    srv.up()
+    text = srv.add_client("alice")
+    assert "AllowedIPs = 0.0.0.0/0, ::/0" in text and "Endpoint = 10.99.0.1:51820" in text
+    alice = start_tunnel(srv.c, str(tmp_path), topo.unique_ifname("sva"), text)
+    alice.wait_up()
+    wait_ping(srv.c, SERVER_TUN)
+    ping(srv.c, SERVER_TUN)
+    ping(srv.c, "fd08::1")
+
+    # Debian's `wg` reads our socket: the right peer, allowed IPs, a handshake, bytes both ways.
+    pub = _client_pub(text)
+    dump = srv.wg_dump()
+    assert list(dump) == [pub]
+    _, psk, endpoint, allowed, latest, rx, tx, keepalive = dump[pub]
+    assert psk != "(none)"
+    assert endpoint.startswith("10.99.0.2:")
+    assert allowed == "10.8.0.2/32,fd08::2/128"
+    assert int(latest) > 0 and int(rx) > 0 and int(tx) > 0
+    # Our own view names the peer and counts packets.
+    state = srv.show_json()
+    assert [p["name"] for p in state["peers"]] == ["alice"]
+    assert state["counters"]["rx_packets"] > 0 and state["counters"]["handshakes"] >= 1
+    listed = json.loads(srv.cli("list", "--json").stdout)
+    assert listed[0]["name"] == "alice" and listed[0]["online"] and listed[0]["latest_handshake"] > 0
+
+    # remove-client: gone from the running server at once, and the session with it.
+    srv.cli("remove-client", "alice")
+    assert srv.wg_dump() == {}
+    res = srv.c.run(["ping", "-c", "2", "-W", "1", SERVER_TUN], check=False)
+    assert res.returncode != 0, res.stdout
+    assert "peer alice: removed" in srv.log()
+    assert not os.path.exists(os.path.join(srv.dir, f"{srv.ifname}.clients", "alice.conf"))
+    assert alice.stop() == 0
+
+
+def test_wireguard_go_clients_by_generated_file_and_by_wg_set(netns_factory, tmp_path):
+    topo = netns_factory("sv")
+    srv = Server(topo, tmp_path, split=True)
+    d, e = topo.netns("d"), topo.netns("e")
+    srv.s.link_veth(d, "10.98.0.1/24", "10.98.0.2/24")
+    srv.s.link_veth(e, "10.97.0.1/24", "10.97.0.2/24")
+    d.route("10.99.0.0/24", "via", "10.98.0.1")
+    e.route("10.99.0.0/24", "via", "10.97.0.1")
+    srv.up()
+
+    # bob: the generated file, stripped of wg-quick keys, fed to `wg setconf` on wireguard-go.
+    from tunnel.config import parse_config
+
+    text = srv.add_client("bob")
+    config = parse_config(text)
+    assert [str(n) for n in config.peers[0].allowed_networks()] == POOLS
+    setconf = tmp_path / "bob.setconf"
+    setconf.write_text(config.to_setconf_text())
+    bob_if = topo.unique_ifname("svb")
+    private, _ = genkey()
+    bob = wireguard_go(d, bob_if, private, 0)
+    d.run(["wg", "setconf", bob_if, str(setconf)])
+    for address in config.interface.addresses:
+        d.addr(bob_if, str(address))
+    d.route("10.8.0.0/24", "dev", bob_if)
+    wait_ping(d, SERVER_TUN)
+    ping(d, SERVER_TUN)
+    assert bob.dump()[0]["latest_handshake"] != "0"
+
+    # carol: unknown to the files, added with `wg set` against our socket, then connects.
+    carol_priv, carol_pub = genkey()
+    srv.s.run(["wg", "set", srv.ifname, "peer", carol_pub, "allowed-ips", "10.8.0.50/32"])
+    server_pub = srv.s.run(["wg", "show", srv.ifname, "public-key"]).stdout.strip()
+    from tests.netns import WgPeer
+
+    carol_if = topo.unique_ifname("svc")
+    wireguard_go(e, carol_if, carol_priv, 0,
+                 peers=[WgPeer(server_pub, ["10.8.0.0/24"], "10.99.0.1:51820", 25)],
+                 address="10.8.0.50/24")
+    wait_ping(e, SERVER_TUN)
+    ping(e, SERVER_TUN)
+    dump = srv.wg_dump()
+    assert set(dump) == {_client_pub(text), carol_pub}
+    assert dump[carol_pub][3] == "10.8.0.50/32" and int(dump[carol_pub][5]) > 0
+    assert "added, allowed IPs 10.8.0.50/32" in srv.log()
+
+    # A bad `wg set` is refused whole, with the errno wg understands.
+    res = srv.s.run(["wg", "set", srv.ifname, "listen-port", "4000"], check=False)
+    assert res.returncode != 0 and "Operation not supported" in res.stderr
+    assert set(srv.wg_dump()) == {_client_pub(text), carol_pub}
+
+
+def test_add_client_does_not_interrupt_a_running_transfer(netns_factory, tmp_path):
+    topo = netns_factory("sv")
+    srv = Server(topo, tmp_path, split=True)
+    srv.up()
+    text = srv.add_client("first")
+    first = start_tunnel(srv.c, str(tmp_path), topo.unique_ifname("svf"), text)
+    first.wait_up()
+    wait_ping(srv.c, SERVER_TUN)
+    pub = _client_pub(text)
+    before = srv.wg_dump()[pub][4]  # latest handshake of the running session
+
+    stop = str(tmp_path / "stop")
+    flow = Transfer(srv.c, srv.s, SERVER_TUN, 5201, total=1 << 30, rate=4e6, stop_file=stop).start()
+    Netns.wait_for(lambda: int(srv.wg_dump()[pub][5]) > 1_000_000, 30, what="transfer under way")
+    for name in ("second", "third"):
+        srv.add_client(name)
+    rx_after_adds = int(srv.wg_dump()[pub][5])
+    Netns.wait_for(lambda: int(srv.wg_dump()[pub][5]) > rx_after_adds + 1_000_000, 30,
+                   what="transfer going on after add-client")
+    open(stop, "w").close()
+    flow.wait().assert_intact(at_least=2_000_000)
+    dump = srv.wg_dump()
+    assert len(dump) == 3
+    assert dump[pub][4] == before, "the running session was replaced by a new handshake"
+    assert first.stop() == 0
