@@ -128,19 +128,24 @@ class MetricsServer:
         self.thread.join(5)
 
 
-def start(ifname: str, device, stats, address: str) -> MetricsServer:
-    """Serve the metrics of one interface at ADDRESS from a daemon thread."""
+def start(ifname: str, device, stats, address: str | tuple[str, int]) -> MetricsServer:
+    """Serve the metrics of one interface at ADDRESS ("HOST:PORT", or (host, port) where 0 picks one)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    host, port = parse_address(address)
+    host, port = parse_address(address) if isinstance(address, str) else address
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TunnelCollector(ifname, device, stats))
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise MetricsError(f"MetricsAddress {address}: {exc.strerror or exc}") from None
-    log.info("%s: metrics on http://%s/metrics", ifname, address)
-    return MetricsServer(httpd, thread)
+    served = MetricsServer(httpd, thread)
+    log.info("%s: metrics on http://%s/metrics", ifname, _format(host, served.port))
+    return served
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def attach(interface) -> MetricsServer | None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.tunnelproc import start_tunnel
+from tests.integration.tunnelproc import tunnel_env
 from tests.netns import genkey
 from tunnel import sdnotify
 
@@ -105,25 +106,36 @@ def test_ready_arrives_only_once_the_interface_is_up(netns_factory, tmp_path):
     _, peer = genkey()
     config = (f"[Interface]\nPrivateKey = {private}\nListenPort = 51820\nAddress = 10.71.0.1/24\n\n"
               f"[Peer]\nPublicKey = {peer}\nAllowedIPs = 10.72.0.0/16\n")
-    os.environ["NOTIFY_SOCKET"] = notify_path
-    try:
-        tp = start_tunnel(ns, str(tmp_path), ifname, config)
-    finally:
-        del os.environ["NOTIFY_SOCKET"]
+    # Started by hand, not through tunnelproc: this test alone owns NOTIFY_SOCKET.
+    conf = tmp_path / f"{ifname}.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, config.encode())
+    os.close(fd)
+    env = tunnel_env(str(tmp_path / "state"))
+    env["NOTIFY_SOCKET"] = notify_path
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as logf:
+        proc = ns.popen([sys.executable, "-m", "tunnel", "up", str(conf)], env=env, stdout=logf,
+                        stderr=subprocess.STDOUT)
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")
+
     try:
         messages = []
         while not any(m.startswith(b"READY=1") for m in messages):
             try:
                 messages.append(listener.recv(4096))
             except socket.timeout:
-                raise AssertionError(f"no READY=1 within 30 s:\n{tp.log()}")
+                raise AssertionError(f"no READY=1 within 30 s:\n{log()}")
         # At the moment READY=1 arrived, everything the unit promises is there.
-        assert tp.tun_exists()
+        assert ns.run(["ip", "link", "show", "dev", ifname], check=False).returncode == 0
         assert "10.71.0.1/24" in ns.run(["ip", "addr", "show", "dev", ifname]).stdout
         assert "10.72.0.0/16" in ns.run(["ip", "route", "show", "dev", ifname]).stdout
         assert os.path.exists(f"/var/run/wireguard/{ifname}.sock")
         assert messages == [f"READY=1\nSTATUS={ifname} up".encode()]
-        assert tp.stop() == 0
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0, log()
         listener.settimeout(5)
         assert listener.recv(4096) == b"STOPPING=1"
     finally:

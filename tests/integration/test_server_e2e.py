@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.tunnelproc import ROOT, Transfer, ping, start_tunnel, tunnel_env, wait_ping
+from tests.integration.tunnelproc import Transfer, ping, tunnel_env, wait_ping
 from tests.netns import Netns, genkey, wireguard_go
 
 pytestmark = pytest.mark.netns
@@ -36,7 +37,7 @@ SERVER_TUN = "10.8.0.1"
 class Server:
     """`tunnel server` in namespace [s], its files under WORKDIR/srv."""
 
-    def __init__(self, topo, tmp_path, split: bool = False):
+    def __init__(self, topo, tmp_path, split: bool = False, extra: tuple[str, ...] = ()):
         self.topo = topo
         self.s = topo.netns("s")
         self.c = topo.netns("c")
@@ -51,7 +52,7 @@ class Server:
             args += ["--pool", pool]
         if split:
             args.append("--split")
-        self.cli(*args)
+        self.cli(*args, *extra)
         self.proc = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -62,13 +63,11 @@ class Server:
         return res
 
     def up(self) -> None:
-        logf = open(self.log_path, "wb")
-        try:
+        env = tunnel_env(self.state)
+        env.pop("NOTIFY_SOCKET", None)
+        with open(self.log_path, "wb") as logf:
             self.proc = self.s.popen([sys.executable, "-m", "tunnel", "server", "up", "--dir", self.dir,
-                                      "-i", self.ifname], stdout=logf, stderr=subprocess.STDOUT,
-                                     env=tunnel_env(self.state))
-        finally:
-            logf.close()
+                                      "-i", self.ifname], stdout=logf, stderr=subprocess.STDOUT, env=env)
         sock = f"/var/run/wireguard/{self.ifname}.sock"
 
         def ready() -> bool:
@@ -98,6 +97,39 @@ class Server:
         return json.loads(res.stdout)
 
 
+class Client:
+    """`tunnel up` of a generated client file in namespace NS (started here: tunnelproc's API is shared)."""
+
+    def __init__(self, ns: Netns, tmp_path, ifname: str, text: str):
+        self.ns = ns
+        base = tmp_path / ifname
+        base.mkdir()
+        conf = base / f"{ifname}.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, text.encode())
+        os.close(fd)
+        self.log_path = base / "log"
+        env = tunnel_env(str(base / "state"))
+        env.pop("NOTIFY_SOCKET", None)
+        with open(self.log_path, "wb") as logf:
+            self.proc = ns.popen([sys.executable, "-m", "tunnel", "up", str(conf)], env=env, stdout=logf,
+                                 stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"client exited {self.proc.returncode}:\n{self.log()}")
+            return os.path.exists(f"/var/run/wireguard/{ifname}.sock")
+
+        Netns.wait_for(up, 30, what=f"{ifname} up")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(20)
+
+
 def _client_pub(config_text: str) -> str:
     from tunnel.config import parse_config
     from tunnel.protocol.crypto import encode_key
@@ -107,12 +139,11 @@ def _client_pub(config_text: str) -> str:
 
 def test_init_add_client_connect_show_and_remove(netns_factory, tmp_path):
     topo = netns_factory("sv")
-    srv = Server(topo, tmp_path)
+    srv = Server(topo, tmp_path, extra=("--metrics", "127.0.0.1:9586"))
     srv.up()
     text = srv.add_client("alice")
     assert "AllowedIPs = 0.0.0.0/0, ::/0" in text and "Endpoint = 10.99.0.1:51820" in text
-    alice = start_tunnel(srv.c, str(tmp_path), topo.unique_ifname("sva"), text)
-    alice.wait_up()
+    alice = Client(srv.c, tmp_path, topo.unique_ifname("sva"), text)
     wait_ping(srv.c, SERVER_TUN)
     ping(srv.c, SERVER_TUN)
     ping(srv.c, "fd08::1")
@@ -130,6 +161,10 @@ def test_init_add_client_connect_show_and_remove(netns_factory, tmp_path):
     state = srv.show_json()
     assert [p["name"] for p in state["peers"]] == ["alice"]
     assert state["counters"]["rx_packets"] > 0 and state["counters"]["handshakes"] >= 1
+    scraped = srv.s.python("import urllib.request; print(urllib.request.urlopen("
+                           "'http://127.0.0.1:9586/metrics', timeout=10).read().decode())").stdout
+    assert f'friendly_name="alice",interface="{srv.ifname}",public_key="{pub}"' in scraped
+    assert "wireguard_latest_handshake_seconds{" in scraped and "tunnel_handshakes_total{" in scraped
     listed = json.loads(srv.cli("list", "--json").stdout)
     assert listed[0]["name"] == "alice" and listed[0]["online"] and listed[0]["latest_handshake"] > 0
 
@@ -200,8 +235,7 @@ def test_add_client_does_not_interrupt_a_running_transfer(netns_factory, tmp_pat
     srv = Server(topo, tmp_path, split=True)
     srv.up()
     text = srv.add_client("first")
-    first = start_tunnel(srv.c, str(tmp_path), topo.unique_ifname("svf"), text)
-    first.wait_up()
+    first = Client(srv.c, tmp_path, topo.unique_ifname("svf"), text)
     wait_ping(srv.c, SERVER_TUN)
     pub = _client_pub(text)
     before = srv.wg_dump()[pub][4]  # latest handshake of the running session
