@@ -258,3 +258,22 @@ def test_client_helpers(served):
     assert control.answer_errno("garbage") == errno.EPROTO
     with pytest.raises(control.ControlError, match="not running"):
         control.request("nothere", "get=1", directory)
+
+
+def test_show_renders_names_counters_and_never_a_private_key(ctx):
+    from tunnel import show
+
+    pub = DH_PUBKEY(_key())
+    peer = ctx.device.add_peer(pub, allowed_ips=["10.0.0.2/32"], endpoint=("192.0.2.1", 5000), name="alice",
+                               persistent_keepalive=25)
+    peer.rx_bytes, peer.tx_bytes, peer.last_handshake = 3 * 1024 * 1024, 512, 10.0
+    ctx.stats.drops["replayed"] = 2
+    state = uapi.extended_status(ctx)
+    text = show.render(state, now=1_700_000_010.0 + 125)
+    assert "peer: " in text and "(alice)" in text
+    assert "  endpoint: 192.0.2.1:5000" in text and "  allowed ips: 10.0.0.2/32" in text
+    assert "  latest handshake: 2 minutes, 5 seconds ago" in text
+    assert "  transfer: 3.00 MiB received, 512 B sent" in text
+    assert "drops: replayed 2" in text
+    assert ctx.private_key.hex() not in text
+    assert show.ago(0, 5.0) == "never"
