@@ -1,7 +1,7 @@
 """Our daemon against wireguard-go, in both roles, over real namespaces.
 
     +------------- [c] client -------------+        +------------- [s] server -------------+
-    | tunnel ti0 / wireguard-go            |        | wireguard-go / tunnel ti0            |
+    | tunnel / wireguard-go                |        | wireguard-go / tunnel                |
     |   10.32.0.1/24  fd32::1/64           |        |   10.32.0.2/24  fd32::2/64  :51820   |
     | c-s 10.31.0.1/24 fd31::1/64 ---------+--------+--------- s-c 10.31.0.2/24 fd31::2/64 |
     +--------------------------------------+        +--------------------------------------+
@@ -64,12 +64,12 @@ def build(netns_factory, tmp_path, ours: str, underlay: str, args: tuple[str, ..
     s_addr = [f"{SERVER_IN[0]}/24", f"{SERVER_IN[1]}/64"]
     if ours == "client":
         wg = wireguard_go(s, topo.unique_ifname(), sk[0], PORT, [to_client], address=s_addr)
-        tp = start_tunnel(c, str(tmp_path), "ti0", interface_config(ck[0], None, c_addr, [to_server]), args)
+        tp = start_tunnel(c, str(tmp_path), interface_config(ck[0], None, c_addr, [to_server]), args)
     else:
-        tp = start_tunnel(s, str(tmp_path), "ti0", interface_config(sk[0], PORT, s_addr, [to_client]), args)
+        tp = start_tunnel(s, str(tmp_path), interface_config(sk[0], PORT, s_addr, [to_client]), args)
         tp.wait_up()
         wg = wireguard_go(c, topo.unique_ifname(), ck[0], 0, [to_server], address=c_addr)
-    tp.wait_up()
+    tp.wait_up()  # a no-op when already waited for
     return Pair(c, s, tp, wg, underlay)
 
 
@@ -101,6 +101,7 @@ def check_clean_stop(pair: Pair) -> None:
     assert pair.ours.stop() == 0, pair.ours.log()
     assert not pair.ours.tun_exists()
     assert not os.path.exists(pair.ours.state_file)
+    assert not pair.ours.control_socket_exists()
     assert "Traceback" not in pair.ours.log(), pair.ours.log()
 
 

@@ -1,6 +1,6 @@
 """Our daemon (`tunnel up`) as a process inside a test namespace, and traffic checks through it.
 
-    tp = start_tunnel(ns, workdir, "ti0", interface_config(key, port, ["10.9.0.1/24"], [peer]))
+    tp = start_tunnel(ns, workdir, interface_config(key, port, ["10.9.0.1/24"], [peer]))
     tp.wait_up()
     ...
     assert tp.stop() == 0      # SIGTERM, then its exit status
@@ -9,6 +9,10 @@ Rules kept here:
 - every config file is written 0600 in a private per-test directory the test
   owns (pytest's tmp_path), and TUNNEL_STATE_DIR points inside it, so no run
   ever touches /run/tunnel or another run's journal;
+- interface names are unique on the machine (Topology.unique_ifname): the
+  daemon's control socket is /var/run/wireguard/IFNAME.sock, shared by all
+  namespaces; readiness is the daemon's own sd_notify READY=1, sent to a
+  socket the helper binds;
 - the daemon is started through Netns.popen, so the namespace teardown kills
   it whatever happens to the test; its output goes to a file that `log()`
   reads (a pipe nobody reads could fill and stall it);
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from tests.netns import Netns, WgPeer
+from tests.netns import WG_SOCKET_DIR, Netns, WgPeer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -90,6 +95,8 @@ class TunnelProc:
     state_dir: str
     proc: subprocess.Popen[bytes]
     log_path: str
+    notify: socket.socket  # our end of its NOTIFY_SOCKET
+    ready: bool = False
 
     @property
     def state_file(self) -> str:
@@ -106,14 +113,22 @@ class TunnelProc:
         return self.proc.poll() is None
 
     def wait_up(self, timeout: float = 20.0) -> None:
-        """Until the daemon says it is up (its link, addresses and routes are in place by then)."""
+        """Until the daemon reports READY=1 (sd_notify): link, routes and control socket exist by then."""
 
-        def up() -> bool:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"tunnel up {self.ifname} exited {self.proc.returncode}:\n{self.log()}")
-            return ": up, listening on UDP port" in self.log()
+            try:
+                return b"READY=1" in self.notify.recv(4096)
+            except BlockingIOError:
+                return False
 
-        Netns.wait_for(up, timeout, what=f"{self.ifname} up")
+        if not self.ready:  # READY=1 comes once
+            Netns.wait_for(ready, timeout, what=f"{self.ifname} READY=1")
+            self.ready = True
+
+    def control_socket_exists(self) -> bool:
+        return os.path.exists(os.path.join(WG_SOCKET_DIR, f"{self.ifname}.sock"))
 
     def send_signal(self, sig: int) -> None:
         # The process group: `ip netns exec` execs into python, but be sure.
@@ -127,25 +142,42 @@ class TunnelProc:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"tunnel up {self.ifname} ignored signal {sig} for {timeout}s:\n{self.log()}")
+        finally:
+            self.notify.close()
 
     def tun_exists(self) -> bool:
         return self.ns.run(["ip", "link", "show", "dev", self.ifname], check=False).returncode == 0
 
 
-def start_tunnel(ns: Netns, workdir: str, ifname: str, config_text: str, args: Sequence[str] = (),
-                 config_mode: int = 0o600) -> TunnelProc:
-    """Write WORKDIR/<ns>/IFNAME.conf and start `tunnel up` on it in `ns` with ARGS (e.g. "-v", "--no-offload")."""
+def start_tunnel(ns: Netns, workdir: str, config_text: str, args: Sequence[str] = (),
+                 config_mode: int = 0o600, ifname: str | None = None) -> TunnelProc:
+    """Write WORKDIR/<ns>/IFNAME.conf and start `tunnel up` on it in `ns` with ARGS (e.g. "--no-offload").
+
+    The interface name is unique on the machine unless given: the daemon's
+    control socket, like wireguard-go's, lives in the /var/run/wireguard
+    that all namespaces share (the harness removes one a SIGKILL leaves).
+    """
+    ifname = ifname or ns.topo.unique_ifname("ti")
     base = os.path.join(workdir, ns.short)
     path = write_config(base, ifname, config_text, config_mode)
     state_dir = os.path.join(base, "state")
     log_path = os.path.join(base, f"{ifname}.log")
+    # READY=1 arrives here; a path (an abstract name would stay in our namespace).
+    notify_path = os.path.join(base, f"{ifname}.notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    notify.bind(notify_path)
+    env = tunnel_env(state_dir)
+    env["NOTIFY_SOCKET"] = notify_path
     logf = open(log_path, "wb")
     try:
         proc = ns.popen([sys.executable, "-m", "tunnel", "up", path, *args],
-                        stdout=logf, stderr=subprocess.STDOUT, env=tunnel_env(state_dir))
+                        stdout=logf, stderr=subprocess.STDOUT, env=env)
+    except BaseException:
+        notify.close()
+        raise
     finally:
         logf.close()  # the child has its own copy
-    return TunnelProc(ns, ifname, path, state_dir, proc, log_path)
+    return TunnelProc(ns, ifname, path, state_dir, proc, log_path, notify)
 
 
 # -- traffic -----------------------------------------------------------------
