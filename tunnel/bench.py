@@ -66,9 +66,9 @@ def _measure(kind: str, seconds: int, echo) -> dict:
         if kind.startswith("tunnel"):
             extra = ["--no-offload"] if kind == "tunnel-nooffload" else []
             lab.tunnel_up(lab.server, spath, extra)
-            lab.wait_link(lab.server, "tun0")
+            lab.wait_link(lab.server, lab.ifname_s)
             lab.tunnel_up(lab.client, cpath, extra)
-            lab.wait_link(lab.client, "tun0")
+            lab.wait_link(lab.client, lab.ifname_c)
         else:
             # wireguard-go's control sockets share /var/run/wireguard across namespaces: unique names.
             for ns, path, side in ((lab.server, spath, "s"), (lab.client, cpath, "c")):

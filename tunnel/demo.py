@@ -27,12 +27,12 @@ def run_demo(seconds: int = 3, echo=print) -> str | None:
             echo(f"[2/6] keys and configs written (mode 0600) under {lab.workdir}")
             slog, clog = os.path.join(lab.workdir, "server.log"), os.path.join(lab.workdir, "client.log")
             lab.tunnel_up(lab.server, spath, log_path=slog)
-            if not lab.wait_link(lab.server, "tun0"):
+            if not lab.wait_link(lab.server, lab.ifname_s):
                 return "the server side did not come up:\n" + _tail(slog)
             lab.tunnel_up(lab.client, cpath, log_path=clog)
-            if not lab.wait_link(lab.client, "tun0"):
+            if not lab.wait_link(lab.client, lab.ifname_c):
                 return "the client side did not come up:\n" + _tail(clog)
-            echo("[3/6] both ends up: `tunnel up` in each namespace (TUN tun0, UDP 51820)")
+            echo(f"[3/6] both ends up: `tunnel up` in each namespace (TUN {lab.ifname_s} / {lab.ifname_c}, UDP 51820)")
             t0 = time.monotonic()
             if not _wait_ping(lab, SERVER_INNER, 10):
                 return "no handshake within 10 s:\n" + _tail(clog) + _tail(slog)

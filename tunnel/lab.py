@@ -1,7 +1,7 @@
 """A tiny two-namespace lab for `tunnel demo` and `tunnel bench`.
 
     +------------- NS-srv -------------+        +------------- NS-cli -------------+
-    | tunnel up srv.conf   (tun0)      |        | tunnel up cli.conf    (tun0)     |
+    | tunnel up (tunNNNs)              |        | tunnel up (tunNNNc)              |
     | 10.77.0.1/24  fd77::1/64         |        | 10.77.0.2/24  fd77::2/64         |
     | veth 10.76.0.1/24 fd76::1/64 ----+--------+---- veth 10.76.0.2/24 fd76::2/64 |
     +----------------------------------+        +----------------------------------+
@@ -53,6 +53,10 @@ class Lab:
         self.client = f"{tag}-cli"
         self.veth_s = f"v{os.getpid() % 100000}s"
         self.veth_c = f"v{os.getpid() % 100000}c"
+        # Tunnel interface names: distinct per side and per run, because the
+        # WireGuard control sockets in /var/run/wireguard are shared by all namespaces.
+        self.ifname_s = f"tun{os.getpid() % 100000}s"
+        self.ifname_c = f"tun{os.getpid() % 100000}c"
         self.workdir = tempfile.mkdtemp(prefix="tunnel-lab-")
         os.chmod(self.workdir, 0o700)
         self.procs: list[subprocess.Popen] = []
@@ -84,7 +88,7 @@ class Lab:
             _ip("-n", ns, "addr", "add", f"{a6}/64", "dev", dev, "nodad")
             _ip("-n", ns, "link", "set", dev, "up")
 
-    def write_configs(self, ifname: str = "tun0", server_port: int = PORT) -> tuple[str, str]:
+    def write_configs(self, server_port: int = PORT) -> tuple[str, str]:
         """Fresh keys and a wg-quick config for each side, mode 0600; returns their paths."""
         sk, ck = generate_private_key(), generate_private_key()
         spub, cpub = public_key_of(sk), public_key_of(ck)
@@ -107,7 +111,7 @@ class Lab:
         cdir = os.path.join(self.workdir, "client")
         os.makedirs(sdir, mode=0o700, exist_ok=True)
         os.makedirs(cdir, mode=0o700, exist_ok=True)
-        spath, cpath = os.path.join(sdir, f"{ifname}.conf"), os.path.join(cdir, f"{ifname}.conf")
+        spath, cpath = os.path.join(sdir, f"{self.ifname_s}.conf"), os.path.join(cdir, f"{self.ifname_c}.conf")
         write_private_file(spath, server)
         write_private_file(cpath, client)
         return spath, cpath
