@@ -160,4 +160,7 @@ def test_session_survives_rekey(netns_factory, tmp_path, ours):
         result = t.wait(timeout=60)
         result.assert_intact()
     assert pair.handshakes() > first
+    # Our side saw both sessions complete: as initiator on the response, as
+    # responder on the first data under the new keys (so it switched to them).
+    assert pair.ours.log().count("handshake completed") >= 2, pair.ours.log()
     check_clean_stop(pair)
