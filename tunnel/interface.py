@@ -38,6 +38,7 @@ from .undo import Journal
 log = logging.getLogger("tunnel")
 
 DEFAULT_FWMARK = 51820
+TUN_TXQUEUELEN = int(os.environ.get("TUNNEL_TXQUEUELEN", 16))
 
 
 class InterfaceError(RuntimeError):
@@ -102,10 +103,16 @@ class Interface:
             raise InterfaceError(f"cannot create {self.name}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise InterfaceError(str(exc)) from None
+        if self.options.vnet_hdr:
+            # With TSO each queued packet can be a 64 KB super-packet, and the TUN
+            # ring gives TCP no back-pressure: 500 of them are ~30 MB of queue,
+            # tens of ms of latency under load. A short ring keeps it to ~1 MB.
+            netconfig.set_txqueuelen(self.name, TUN_TXQUEUELEN)
         netconfig.set_up(self.journal, self.name, [str(a) for a in iface.addresses], mtu)
 
         try:
-            self.udp = UdpEndpoint(iface.listen_port or 0, fwmark=self.fwmark or 0)
+            self.udp = UdpEndpoint(iface.listen_port or 0, fwmark=self.fwmark or 0,
+                                   buffer_size=int(os.environ.get("TUNNEL_UDP_BUFFER", 1 << 20)))
         except OSError as exc:
             raise InterfaceError(f"cannot bind UDP port {iface.listen_port}: {exc.strerror or exc}") from None
 

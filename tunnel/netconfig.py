@@ -160,6 +160,16 @@ def set_up(journal: Journal, ifname: str, addresses: Sequence[str], mtu: int) ->
             ipr.link("set", index=idx, state="up")
 
 
+def set_txqueuelen(ifname: str, qlen: int) -> None:
+    """Set the transmit queue length of a link *we created* (its undo is the link's deletion)."""
+    with _iproute() as ipr:
+        idx = _require_index(ipr, ifname)
+        try:
+            ipr.link("set", index=idx, txqlen=qlen)
+        except NetlinkError as exc:
+            raise NetconfigError(f"set txqueuelen {qlen} on {ifname}: {exc}") from exc
+
+
 def _covered(ipr: IPRoute, idx: int, net: IPNetwork) -> bool:
     """True if a main-table route on our link already contains `net` (wg-quick's `route show dev IF match NET`)."""
     for route in ipr.get_routes(family=_family(net), table=RT_TABLE_MAIN):
