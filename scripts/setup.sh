@@ -25,3 +25,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test,server]'
+
+# The systemd units run /usr/local/bin/tunnel.
+if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/local/bin/tunnel ]; then
+  ln -s "$PWD/.venv/bin/tunnel" /usr/local/bin/tunnel
+fi

@@ -27,6 +27,8 @@ import socket
 import time
 from typing import Callable
 
+from tunnel.undo import undoer
+
 log = logging.getLogger("tunnel")
 
 SOCKET_DIR = "/var/run/wireguard"
@@ -190,6 +192,15 @@ class ControlServer:
         self.ep.close()
 
 
+@undoer("control_socket")
+def _remove_dead_socket(path: str) -> None:
+    """Undo: remove the socket file unless a live daemon (ours in another namespace) still answers."""
+    try:
+        _claim(path)
+    except ControlError:
+        pass
+
+
 def _claim(path: str) -> None:
     """Remove a stale socket file; refuse if a live daemon answers on it."""
     if not os.path.lexists(path):
@@ -292,6 +303,8 @@ def attach(interface, socket_dir: str = SOCKET_DIR) -> ControlServer:
         stats=plane.stats,
         name=interface.name,
     )
+    # Journalled so that `tunnel down` after a crash removes the dead socket file.
+    interface.journal.record("control_socket", path=socket_path(interface.name, socket_dir))
     server = ControlServer(interface.name, lambda text: handle(text, ctx), socket_dir)
     plane.add_reader(server.fileno(), server.on_readable)
     return server

@@ -18,8 +18,9 @@ class _Fail(click.ClickException):
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 0 else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    if verbose > 0:  # ours only: pyroute2's debug output is a flood
+        logging.getLogger("tunnel").setLevel(logging.DEBUG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

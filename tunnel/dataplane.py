@@ -122,6 +122,7 @@ class DataPlane:
         self._stop = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.extra_fds: dict[int, Callable[[], None]] = {}
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
 
     # ------------------------------------------------------------------
     # loop
@@ -132,6 +133,14 @@ class DataPlane:
         self._stop = True
         try:
             os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run fn in the loop's thread at its next turn (from any thread)."""
+        self._calls.append(fn)
+        try:
+            os.write(self._wake_w, b"c")
         except OSError:
             pass
 
@@ -171,6 +180,8 @@ class DataPlane:
                             os.read(self._wake_r, 512)
                         except OSError:
                             pass
+                        while self._calls:
+                            self._calls.popleft()()
                     elif fd in self.extra_fds:
                         self.extra_fds[fd]()
                 if self.handshakes:

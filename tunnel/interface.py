@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,6 +40,8 @@ log = logging.getLogger("tunnel")
 
 DEFAULT_FWMARK = 51820
 TUN_TXQUEUELEN = int(os.environ.get("TUNNEL_TXQUEUELEN", 16))
+# While handshakes keep failing, look a host-name Endpoint up again this often (seconds).
+RERESOLVE_INTERVAL = 15.0
 
 
 class InterfaceError(RuntimeError):
@@ -73,6 +76,7 @@ class Interface:
         self.fwmark: int | None = None
         self.full_tunnel = (False, False)
         self.started_at = time.time()
+        self._last_resolve: dict[bytes, float] = {}
 
     # ------------------------------------------------------------------
 
@@ -133,13 +137,52 @@ class Interface:
         self._routes(allowed)
         for step in self.options.extra_setup:
             step(self)
-        self.plane = DataPlane(self.device, self.tun, self.udp, vnet_hdr=self.options.vnet_hdr)
+        self.plane = DataPlane(self.device, self.tun, self.udp, vnet_hdr=self.options.vnet_hdr,
+                               on_event=self._on_event)
         now = time.monotonic()
         for peer in self.device.peers.values():
             if peer.endpoint is not None and peer.persistent_keepalive:
                 self.plane.perform(self.device.send_keepalive(peer, now), now)
         hooks.run_hooks(iface.post_up, self.name, "PostUp")
         log.info("%s: up, listening on UDP port %d, %d peer(s), MTU %d", self.name, self.udp.port, len(cfg.peers), mtu)
+
+    def _on_event(self, ev) -> None:
+        assert self.plane is not None
+        self.plane._log_event(ev)
+        if ev.kind in ("handshake_retry", "handshake_no_reply", "handshake_gave_up"):
+            now = time.monotonic()
+            last = self._last_resolve.setdefault(ev.peer.public_key, now)
+            if now - last >= RERESOLVE_INTERVAL:
+                self._last_resolve[ev.peer.public_key] = now
+                self._reresolve(ev.peer)
+
+    def _reresolve(self, peer) -> None:
+        """Handshakes keep failing: look the peer's Endpoint host name up again (dynamic DNS, moved servers).
+
+        getaddrinfo can block for seconds, so it runs in a thread; the answer is
+        applied in the loop's thread.
+        """
+        pc = next((p for p in self.config.peers if p.public_key == peer.public_key), None)
+        if pc is None or pc.endpoint is None or _is_ip_literal(pc.endpoint[0]):
+            return
+        plane = self.plane
+
+        def work() -> None:
+            try:
+                new = self._resolve(pc.endpoint)
+            except InterfaceError as exc:
+                log.info("%s: %s", self.name, exc)
+                return
+
+            def apply() -> None:
+                if not peer.removed and new != peer.endpoint:
+                    log.info("%s: peer %s: endpoint %s now resolves to %s", self.name, peer.name or "",
+                             pc.endpoint[0], new[0])
+                    peer.endpoint = new
+
+            plane.call_soon_threadsafe(apply)
+
+        threading.Thread(target=work, name="resolve", daemon=True).start()
 
     def _resolve(self, endpoint: tuple[str, int]):
         host, port = endpoint
@@ -237,6 +280,14 @@ def down(name: str, state_dir: str | None = None) -> list[str]:
     return failures
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def _table_setting(table: str | None) -> str:
     if table is None:
         return "auto"
@@ -252,6 +303,3 @@ def _endpoint_tuple(sockaddr) -> tuple:
 
 
 __all__ = ["Interface", "InterfaceError", "Options", "down"]
-
-# silence "imported but unused" for names re-exported for callers
-_ = (ipaddress, os)

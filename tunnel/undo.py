@@ -35,6 +35,7 @@ UNDOER_MODULES = (
     "client.dns",
     "client.killswitch",
     "server.gateway",
+    "server.control",
 )
 
 

@@ -244,8 +244,6 @@ def test_sigkill_then_tunnel_down_restores_the_namespace(netns_factory, tmp_path
     stop_cleanly(ends.ts)
 
 
-@pytest.mark.xfail(strict=True, reason="tunnel down does not remove the control socket a SIGKILLed `up` "
-                   "leaves in /var/run/wireguard (interface.down only replays the journal)")
 def test_tunnel_down_removes_a_dead_control_socket(netns_factory, tmp_path):
     ends = make_ends(netns_factory)
     start_both(ends, tmp_path)
