@@ -91,6 +91,29 @@ def pack_vnet(buf, offset: int, flags: int = 0, gso_type: int = GSO_NONE,
                    csum_start, csum_offset)
 
 
+try:  # vectorised payload sums; see _segment_sums
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy is a dependency, this keeps the slow path honest
+    _np = None
+
+# Below this many full segments the per-call overhead of numpy outweighs it.
+_NUMPY_MIN_SEGMENTS = 3
+
+
+def _segment_sums(buf, start: int, size: int, count: int) -> list:
+    """Unreduced ones'-complement sums of `count` payload chunks of `size` bytes from buf[start:].
+
+    One numpy call sums every full segment of a super-packet as big-endian
+    16-bit words (~0.3 us a segment, against ~1.5 us for the big-integer
+    trick done per segment); [] when numpy is missing, the chunks are few or
+    odd-sized, and the caller then sums each chunk itself.
+    """
+    if _np is None or count < _NUMPY_MIN_SEGMENTS or size & 1:
+        return []
+    words = _np.frombuffer(buf, dtype=">u2", count=count * size // 2, offset=start)
+    return words.reshape(count, size // 2).sum(axis=1, dtype=_np.uint64).tolist()
+
+
 class Splitter:
     """Splits one super-packet read from the TUN into wire packets.
 
@@ -109,7 +132,7 @@ class Splitter:
         "_src", "_hdr_start", "_hl", "_l4", "_pay", "_last", "_tail",
         "_base", "_ip_base", "_seq", "_ident", "_ip_frag", "_ip_ttlp",
         "_ack", "_offbyte", "_window", "_f_first", "_f_mid", "_f_last",
-        "_l4hl", "_csum_at", "_end",
+        "_l4hl", "_csum_at", "_end", "_sums",
     )
 
     def __init__(self):
@@ -206,6 +229,7 @@ class Splitter:
                 self._f_first = tflags & ~(TCP_FIN | TCP_PSH)
             self._f_mid = tflags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
             self._f_last = tflags & ~TCP_CWR
+            self._sums = _segment_sums(buf, hdr_end, gso_size, count - 1)
             self.write = self._write_tcp4 if version == 4 else self._write_tcp6
         return count
 
@@ -256,13 +280,17 @@ class Splitter:
         chunk = src[start:start + plen]
         q = pos + hl
         out[q:q + plen] = chunk
-        x = int.from_bytes(chunk, "big")
-        if plen & 1:
-            x <<= 8
-        x = (x >> F1) + (x & M1)
-        x = (x >> F2) + (x & M2)
-        x = (x >> F3) + (x & M3)
-        x = (x >> F4) + (x & M4)
+        sums = self._sums
+        if i < len(sums):
+            x = sums[i]
+        else:
+            x = int.from_bytes(chunk, "big")
+            if plen & 1:
+                x <<= 8
+            x = (x >> F1) + (x & M1)
+            x = (x >> F2) + (x & M2)
+            x = (x >> F3) + (x & M3)
+            x = (x >> F4) + (x & M4)
         total = hl + plen
         ident = (self._ident + i) & 0xFFFF
         _IP4_TAIL.pack_into(out, pos + 2, total, ident, self._ip_frag,
@@ -290,13 +318,17 @@ class Splitter:
         chunk = src[start:start + plen]
         q = pos + hl
         out[q:q + plen] = chunk
-        x = int.from_bytes(chunk, "big")
-        if plen & 1:
-            x <<= 8
-        x = (x >> F1) + (x & M1)
-        x = (x >> F2) + (x & M2)
-        x = (x >> F3) + (x & M3)
-        x = (x >> F4) + (x & M4)
+        sums = self._sums
+        if i < len(sums):
+            x = sums[i]
+        else:
+            x = int.from_bytes(chunk, "big")
+            if plen & 1:
+                x <<= 8
+            x = (x >> F1) + (x & M1)
+            x = (x >> F2) + (x & M2)
+            x = (x >> F3) + (x & M3)
+            x = (x >> F4) + (x & M4)
         l4len = self._l4hl + plen
         _IP6_PLEN.pack_into(out, pos + 4, l4len)
         if i == 0:
