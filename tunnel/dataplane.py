@@ -46,11 +46,11 @@ log = logging.getLogger("tunnel")
 
 MAX_UDP_PAYLOAD = MAX_GSO_BYTES
 GSO_MAX_SEGMENTS = MAX_GSO_SEGMENTS
-# Reads per descriptor per loop turn: enough to fill GSO trains and TUN
-# super-packets, few enough that one direction cannot starve the other
-# (a turn of 64 super-packets is 4 MB, ~50 ms: pings and ACKs wait behind it).
-TUN_READS_PER_TURN = 8
-UDP_READS_PER_TURN = 16
+# Reads per descriptor per loop turn: each read is up to a 64 KB train, so
+# even 2 fill a GSO send; more make everything else wait (the other
+# direction's ACKs, a ping): 16 TUN reads are ~4 ms of work, 2 are ~0.5 ms.
+TUN_READS_PER_TURN = 2
+UDP_READS_PER_TURN = 4
 HANDSHAKE_BUDGET = 8
 HANDSHAKE_QUEUE_MAX = 4096
 UNDER_LOAD_QUEUE = 64
