@@ -57,6 +57,7 @@ UNDER_LOAD_QUEUE = 64
 
 _HDR = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<IQ")
+_EMPTY_VNET = bytes(VNET_HDR_LEN)
 _RECV_HDR = struct.Struct("<IQ")  # receiver, counter at offset 4
 
 
@@ -244,11 +245,11 @@ class DataPlane:
 
     def write_plain(self, packet) -> None:
         """Write one IP packet to the TUN (with an empty vnet header when in use)."""
+        self._tun_write([_EMPTY_VNET, packet] if self.vnet else [packet])
+
+    def _tun_write(self, parts) -> None:
         try:
-            if self.vnet:
-                os.writev(self.tun.fd, [bytes(VNET_HDR_LEN), packet])
-            else:
-                os.write(self.tun.fd, packet)
+            os.writev(self.tun.fd, parts)
             self.stats.tun_writes += 1
         except BlockingIOError:
             self.stats.drops["tun_write_busy"] += 1
@@ -485,16 +486,9 @@ class DataPlane:
                 self.perform(device._account(out), now)
 
     def flush_coalescer(self) -> None:
-        fd = self.tun.fd
+        write = self._tun_write
         for buf in self.coalescer.flush():
-            try:
-                os.write(fd, buf)
-                self.stats.tun_writes += 1
-            except BlockingIOError:
-                self.stats.drops["tun_write_busy"] += 1
-            except OSError as exc:
-                self.stats.drops["tun_write_error"] += 1
-                log.debug("tun write failed: %s", exc)
+            write((buf,))
 
     # ------------------------------------------------------------------
     # handshakes, off the fast path

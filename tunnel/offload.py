@@ -114,6 +114,17 @@ def _segment_sums(buf, start: int, size: int, count: int) -> list:
     return words.reshape(count, size // 2).sum(axis=1, dtype=_np.uint64).tolist()
 
 
+def _fold(chunk, n: int) -> int:
+    """Unreduced-but-folded sum of one chunk (the segments numpy did not sum)."""
+    x = int.from_bytes(chunk, "big")
+    if n & 1:
+        x <<= 8
+    x = (x >> F1) + (x & M1)
+    x = (x >> F2) + (x & M2)
+    x = (x >> F3) + (x & M3)
+    return (x >> F4) + (x & M4)
+
+
 class Splitter:
     """Splits one super-packet read from the TUN into wire packets.
 
@@ -281,16 +292,7 @@ class Splitter:
         q = pos + hl
         out[q:q + plen] = chunk
         sums = self._sums
-        if i < len(sums):
-            x = sums[i]
-        else:
-            x = int.from_bytes(chunk, "big")
-            if plen & 1:
-                x <<= 8
-            x = (x >> F1) + (x & M1)
-            x = (x >> F2) + (x & M2)
-            x = (x >> F3) + (x & M3)
-            x = (x >> F4) + (x & M4)
+        x = sums[i] if i < len(sums) else _fold(chunk, plen)
         total = hl + plen
         ident = (self._ident + i) & 0xFFFF
         _IP4_TAIL.pack_into(out, pos + 2, total, ident, self._ip_frag,
@@ -319,16 +321,7 @@ class Splitter:
         q = pos + hl
         out[q:q + plen] = chunk
         sums = self._sums
-        if i < len(sums):
-            x = sums[i]
-        else:
-            x = int.from_bytes(chunk, "big")
-            if plen & 1:
-                x <<= 8
-            x = (x >> F1) + (x & M1)
-            x = (x >> F2) + (x & M2)
-            x = (x >> F3) + (x & M3)
-            x = (x >> F4) + (x & M4)
+        x = sums[i] if i < len(sums) else _fold(chunk, plen)
         l4len = self._l4hl + plen
         _IP6_PLEN.pack_into(out, pos + 4, l4len)
         if i == 0:

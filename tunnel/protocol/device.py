@@ -283,12 +283,7 @@ class Device:
 
     def _receive_initiation(self, data: bytes, endpoint: tuple, now: float, under_load: bool, out: list[Action]) -> None:
         msg = Initiation.unpack(data)
-        try:
-            self.cookie_checker.validate(data, INITIATION_MAC1_OFFSET, endpoint, now, under_load)
-        except CookieRequired:
-            reply = self.cookie_checker.create_reply(data, INITIATION_MAC1_OFFSET, msg.sender, endpoint, now)
-            out.append(SendDatagram(endpoint, reply))
-            raise
+        self._check_macs(data, INITIATION_MAC1_OFFSET, msg.sender, endpoint, now, under_load, out)
         hs = consume_initiation(self.identity, msg, self._handshake_of, now)
         peer = self.peers[hs.remote_static]
         peer.set_endpoint(endpoint, out)
@@ -296,18 +291,22 @@ class Device:
         peer._timers_any_authenticated_packet_received()
         peer._timers_any_authenticated_packet_traversal(now)
 
+    def _check_macs(self, data: bytes, mac1_offset: int, sender: int, endpoint: tuple, now: float,
+                    under_load: bool, out: list[Action]) -> None:
+        """mac1 always; under load a valid mac2 too, else answer with a cookie reply and stop."""
+        try:
+            self.cookie_checker.validate(data, mac1_offset, endpoint, now, under_load)
+        except CookieRequired:
+            out.append(SendDatagram(endpoint, self.cookie_checker.create_reply(data, mac1_offset, sender, endpoint, now)))
+            raise
+
     def _handshake_of(self, public_key: bytes):
         peer = self.peers.get(public_key)
         return peer.handshake if peer is not None else None
 
     def _receive_response(self, data: bytes, endpoint: tuple, now: float, under_load: bool, out: list[Action]) -> None:
         msg = Response.unpack(data)
-        try:
-            self.cookie_checker.validate(data, RESPONSE_MAC1_OFFSET, endpoint, now, under_load)
-        except CookieRequired:
-            reply = self.cookie_checker.create_reply(data, RESPONSE_MAC1_OFFSET, msg.sender, endpoint, now)
-            out.append(SendDatagram(endpoint, reply))
-            raise
+        self._check_macs(data, RESPONSE_MAC1_OFFSET, msg.sender, endpoint, now, under_load, out)
         owner = self.indices.get(msg.receiver)
         if not isinstance(owner, Peer):
             raise UnknownReceiver("response to no initiation of ours")
