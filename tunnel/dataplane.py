@@ -50,10 +50,16 @@ GSO_MAX_SEGMENTS = MAX_GSO_SEGMENTS
 # even 2 fill a GSO send; more make everything else wait (the other
 # direction's ACKs, a ping): 16 TUN reads are ~4 ms of work, 2 are ~0.5 ms.
 TUN_READS_PER_TURN = 2
-UDP_READS_PER_TURN = 4
+# UDP reads stop at whichever comes first: these bytes (about 4 GRO trains) or
+# this many calls (a flood of small datagrams must still be drained quickly,
+# or it fills the socket buffer and data is dropped there instead).
+UDP_BYTES_PER_TURN = 256 << 10
+UDP_READS_PER_TURN = 128
 HANDSHAKE_BUDGET = 8
 HANDSHAKE_QUEUE_MAX = 4096
+# Under load from this queue length on, and for UNDER_LOAD_SECONDS after (wireguard-go's rule).
 UNDER_LOAD_QUEUE = 64
+UNDER_LOAD_SECONDS = 1.0
 
 _HDR = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<IQ")
@@ -120,6 +126,7 @@ class DataPlane:
         self.pview = memoryview(self.pbuf)
         self.train = _Train()
         self.handshakes: collections.deque = collections.deque()
+        self._under_load_until = 0.0
         self._stop = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.extra_fds: dict[int, Callable[[], None]] = {}
@@ -404,7 +411,10 @@ class DataPlane:
         seen: dict = {}  # keypair -> [bytes, data?, endpoint]
         last_kp = None
         last_receiver = -1
+        budget = UDP_BYTES_PER_TURN
         for _ in range(UDP_READS_PER_TURN):
+            if budget <= 0:
+                break
             try:
                 n, seg, addr = recv_batch(sock, ubuf)
             except BlockingIOError:
@@ -415,6 +425,7 @@ class DataPlane:
                 # ICMP errors surface here as ECONNREFUSED etc.: not fatal.
                 drops["udp_recv_error"] += 1
                 continue
+            budget -= n
             if seg <= 0:
                 seg = n
             off = 0
@@ -504,8 +515,12 @@ class DataPlane:
 
     def process_handshakes(self, now: float) -> None:
         device = self.device
-        under_load = len(self.handshakes) >= UNDER_LOAD_QUEUE
-        for _ in range(min(HANDSHAKE_BUDGET if not under_load else 4 * HANDSHAKE_BUDGET, len(self.handshakes))):
+        if len(self.handshakes) >= UNDER_LOAD_QUEUE:
+            self._under_load_until = now + UNDER_LOAD_SECONDS
+        under_load = now < self._under_load_until
+        # Under load most messages get a cookie reply (no X25519), so more fit in a turn.
+        budget = 8 * HANDSHAKE_BUDGET if under_load else HANDSHAKE_BUDGET
+        for _ in range(min(budget, len(self.handshakes))):
             data, addr = self.handshakes.popleft()
             actions = device.receive_datagram(data, addr, now, under_load)
             for a in actions:
