@@ -46,10 +46,13 @@ log = logging.getLogger("tunnel")
 
 MAX_UDP_PAYLOAD = MAX_GSO_BYTES
 GSO_MAX_SEGMENTS = MAX_GSO_SEGMENTS
-# Reads per descriptor per loop turn: each read is up to a 64 KB train, so
-# even 2 fill a GSO send; more make everything else wait (the other
-# direction's ACKs, a ping): 16 TUN reads are ~4 ms of work, 2 are ~0.5 ms.
-TUN_READS_PER_TURN = 2
+# Work per descriptor per loop turn, in bytes: a TUN read is up to a 64 KB
+# super-packet, so 128 KB fill GSO sends; more make everything else wait (the
+# other direction's ACKs, a ping): 1 MB is ~4 ms of work, 128 KB ~0.5 ms.
+# The read-count limits only matter for small packets, which must be drained
+# fast or they overflow the TUN ring.
+TUN_BYTES_PER_TURN = 128 << 10
+TUN_READS_PER_TURN = 256
 # UDP reads stop at whichever comes first: these bytes (about 4 GRO trains) or
 # this many calls (a flood of small datagrams must still be drained quickly,
 # or it fills the socket buffer and data is dropped there instead).
@@ -280,7 +283,10 @@ class DataPlane:
         touched: dict = {}
         vnet = self.vnet
         stats = self.stats
+        budget = TUN_BYTES_PER_TURN
         for _ in range(TUN_READS_PER_TURN):
+            if budget <= 0:
+                break
             try:
                 n = os.readv(tun_fd, [rbuf])
             except BlockingIOError:
@@ -289,6 +295,7 @@ class DataPlane:
                 if exc.errno in (errno.EINTR, errno.EAGAIN):
                     break
                 raise
+            budget -= n
             if vnet:
                 try:
                     count = splitter.load(rbuf, 0, n)

@@ -160,20 +160,6 @@ def set_up(journal: Journal, ifname: str, addresses: Sequence[str], mtu: int) ->
             ipr.link("set", index=idx, state="up")
 
 
-def set_queueing(ifname: str, txqlen: int, gso_max_size: int | None = None) -> None:
-    """Bound the transmit queue of a link *we created* (its undo is the link's deletion):
-    its length in packets and, for a TSO device, the size of each super-packet."""
-    with _iproute() as ipr:
-        idx = _require_index(ipr, ifname)
-        attrs = {"txqlen": txqlen}
-        if gso_max_size:
-            attrs["gso_max_size"] = gso_max_size
-        try:
-            ipr.link("set", index=idx, **attrs)
-        except NetlinkError as exc:
-            raise NetconfigError(f"set queueing {attrs} on {ifname}: {exc}") from exc
-
-
 def _covered(ipr: IPRoute, idx: int, net: IPNetwork) -> bool:
     """True if a main-table route on our link already contains `net` (wg-quick's `route show dev IF match NET`)."""
     for route in ipr.get_routes(family=_family(net), table=RT_TABLE_MAIN):
