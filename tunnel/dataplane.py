@@ -51,12 +51,12 @@ GSO_MAX_SEGMENTS = MAX_GSO_SEGMENTS
 # other direction's ACKs, a ping): 1 MB is ~4 ms of work, 128 KB ~0.5 ms.
 # The read-count limits only matter for small packets, which must be drained
 # fast or they overflow the TUN ring.
-TUN_BYTES_PER_TURN = 128 << 10
+TUN_BYTES_PER_TURN = 131072
 TUN_READS_PER_TURN = 256
 # UDP reads stop at whichever comes first: these bytes (about 4 GRO trains) or
 # this many calls (a flood of small datagrams must still be drained quickly,
 # or it fills the socket buffer and data is dropped there instead).
-UDP_BYTES_PER_TURN = 256 << 10
+UDP_BYTES_PER_TURN = 262144
 UDP_READS_PER_TURN = 128
 HANDSHAKE_BUDGET = 8
 HANDSHAKE_QUEUE_MAX = 4096

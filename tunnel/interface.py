@@ -39,9 +39,9 @@ from .undo import Journal
 log = logging.getLogger("tunnel")
 
 DEFAULT_FWMARK = 51820
-# The UDP receive buffer bounds the queue in front of a busy receiver: 512 KB
-# is ~2.5 ms at 1.7 Gbit/s (wireguard-go's 7 MB would be ~30 ms under load).
-UDP_BUFFER = int(os.environ.get("TUNNEL_UDP_BUFFER", 512 << 10))
+# The UDP receive buffer bounds the queue in front of a busy receiver: 256 KB
+# is ~1.2 ms at 1.7 Gbit/s (wireguard-go's 7 MB would be ~30 ms under load).
+UDP_BUFFER = int(os.environ.get("TUNNEL_UDP_BUFFER", 256 << 10))
 # While handshakes keep failing, look a host-name Endpoint up again this often (seconds).
 RERESOLVE_INTERVAL = 15.0
 
