@@ -51,12 +51,12 @@ GSO_MAX_SEGMENTS = MAX_GSO_SEGMENTS
 # other direction's ACKs, a ping): 1 MB is ~4 ms of work, 128 KB ~0.5 ms.
 # The read-count limits only matter for small packets, which must be drained
 # fast or they overflow the TUN ring.
-TUN_BYTES_PER_TURN = 131072
+TUN_BYTES_PER_TURN = 128 << 10
 TUN_READS_PER_TURN = 256
 # UDP reads stop at whichever comes first: these bytes (about 4 GRO trains) or
 # this many calls (a flood of small datagrams must still be drained quickly,
 # or it fills the socket buffer and data is dropped there instead).
-UDP_BYTES_PER_TURN = 262144
+UDP_BYTES_PER_TURN = 256 << 10
 UDP_READS_PER_TURN = 128
 HANDSHAKE_BUDGET = 8
 HANDSHAKE_QUEUE_MAX = 4096
@@ -170,6 +170,7 @@ class DataPlane:
         for fd in self.extra_fds:
             ep.register(fd, select.EPOLLIN)
         device = self.device
+        work: dict[int, int] = {}  # bytes each descriptor gave last time
         try:
             while not self._stop:
                 deadline = device.next_deadline()
@@ -181,11 +182,15 @@ class DataPlane:
                     timeout = max(0.0, min(1.0, deadline - self.clock()))
                 events = ep.poll(timeout)
                 now = self.clock()
+                if len(events) > 1:
+                    # Lightest first: ACKs and pings waiting on one side are not
+                    # made to wait behind a turn of bulk data on the other.
+                    events.sort(key=lambda e: work.get(e[0], 0))
                 for fd, _ in events:
                     if fd == tun_fd:
-                        self.from_tun(now)
+                        work[fd] = self.from_tun(now)
                     elif fd in by_fd:
-                        self.from_udp(by_fd[fd], now)
+                        work[fd] = self.from_udp(by_fd[fd], now)
                     elif fd == self._wake_r:
                         try:
                             os.read(self._wake_r, 512)
@@ -271,7 +276,7 @@ class DataPlane:
     # TUN -> UDP
     # ------------------------------------------------------------------
 
-    def from_tun(self, now: float) -> None:
+    def from_tun(self, now: float) -> int:
         device = self.device
         rbuf, rview = self.rbuf, self.rview
         tun_fd = self.tun.fd
@@ -383,6 +388,7 @@ class DataPlane:
             stats.tx_bytes += nbytes
             if out:
                 self.perform(device._account(out), now)
+        return TUN_BYTES_PER_TURN - budget
 
     def flush_train(self) -> None:
         train = self.train
@@ -406,7 +412,7 @@ class DataPlane:
     # UDP -> TUN
     # ------------------------------------------------------------------
 
-    def from_udp(self, sock, now: float) -> None:
+    def from_udp(self, sock, now: float) -> int:
         device = self.device
         ubuf, uview = self.ubuf, self.uview
         pview = self.pview
@@ -502,6 +508,7 @@ class DataPlane:
             kp.peer.note_received(kp, now, addr, nbytes, data, out)
             if out:
                 self.perform(device._account(out), now)
+        return UDP_BYTES_PER_TURN - budget
 
     def flush_coalescer(self) -> None:
         write = self._tun_write
