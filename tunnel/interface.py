@@ -77,7 +77,6 @@ class Interface:
         self.plane: DataPlane | None = None
         self.fwmark: int | None = None
         self.full_tunnel = (False, False)
-        self.started_at = time.time()
         self._last_resolve: dict[bytes, float] = {}
 
     # ------------------------------------------------------------------
@@ -271,10 +270,9 @@ class Interface:
 
 def down(name: str, state_dir: str | None = None) -> list[str]:
     """Remove whatever a crashed `up` of interface `name` left; safe to run twice."""
-    journal = Journal.for_interface(name, state_dir)
-    failures = journal.undo_all()
-    # The TUN link goes with its process; remove one left by another owner only if ours.
-    return failures
+    # The journal holds every change the run made (the TUN link, addresses,
+    # routes, rules, nft tables, DNS, sysctls, the control socket).
+    return Journal.for_interface(name, state_dir).undo_all()
 
 
 def _is_ip_literal(host: str) -> bool:
