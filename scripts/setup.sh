@@ -28,5 +28,5 @@ fi
 
 # The systemd units run /usr/local/bin/tunnel.
 if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/local/bin/tunnel ]; then
-  ln -s "$PWD/.venv/bin/tunnel" /usr/local/bin/tunnel
+  ln -sfn "$PWD/.venv/bin/tunnel" /usr/local/bin/tunnel   # -f: replaces a dangling link
 fi
