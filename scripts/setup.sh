@@ -24,7 +24,11 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test,server]'
+# pip's build backend is chatty (editable-install notices): keep its output for failures only.
+if ! .venv/bin/python -m pip install -q -e '.[test,server]' > .venv/pip-install.log 2>&1; then
+  cat .venv/pip-install.log >&2
+  exit 1
+fi
 
 # The systemd units run /usr/local/bin/tunnel.
 if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/local/bin/tunnel ]; then
