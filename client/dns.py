@@ -35,6 +35,7 @@ import socket
 import subprocess
 from typing import Callable, Iterable
 
+from tunnel.secrets import write_private_file
 from tunnel.undo import Journal, undoer
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -95,14 +96,7 @@ def _write_in_place(path: str, data: bytes) -> None:
 
 def _save_copy(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, data)
 
 
 def apply_dns(journal: Journal, ifname: str, servers: Iterable[str], search: Iterable[str] = (),

@@ -50,12 +50,6 @@ FIB_RULE_INVERT = 0x2
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
 
-# Encapsulation overhead: outer IP header + UDP (8) + WireGuard data header
-# (16) + Poly1305 tag (16).  wg-quick always subtracts 80 (the IPv6 figure) so
-# one MTU fits whichever family the endpoint later roams to; we subtract the
-# exact figure for the endpoint's family and 80 when no endpoint is known.
-OVERHEAD = {4: 20 + 8 + 32, 6: 40 + 8 + 32}
-FALLBACK_MTU = 1500
 
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
 
@@ -80,49 +74,6 @@ def is_full_tunnel(allowed_ips: Iterable[str]) -> tuple[bool, bool]:
             v4 |= net.version == 4
             v6 |= net.version == 6
     return v4, v6
-
-
-def _route_mtu(ipr: IPRoute, msg) -> int | None:
-    metrics = msg.get("RTA_METRICS")
-    if metrics is not None:
-        mtu = metrics.get("RTAX_MTU")
-        if mtu:
-            return int(mtu)
-    oif = msg.get("RTA_OIF")
-    if oif:
-        links = ipr.get_links(oif)
-        if links:
-            return int(links[0].get("IFLA_MTU"))
-    return None
-
-
-def derive_mtu(endpoint_ip: str | None, fwmark: int | None = DEFAULT_FWMARK) -> int:
-    """The tunnel MTU wg-quick would pick: path MTU toward the endpoint minus overhead.
-
-    The lookup carries our fwmark so that it sees the route our own UDP
-    socket will use even after the full-tunnel rules are in place.  Without
-    an endpoint (or a route to it) the main default route's MTU is used, and
-    1500 if there is none.
-    """
-    mtu = None
-    with IPRoute() as ipr:
-        if endpoint_ip is not None:
-            addr = ipaddress.ip_address(endpoint_ip)
-            kwargs = {"dst": str(addr), "family": _AF[addr.version]}
-            if fwmark:
-                kwargs["mark"] = fwmark
-            try:
-                for msg in ipr.route("get", **kwargs):
-                    mtu = _route_mtu(ipr, msg)
-            except NetlinkError:
-                mtu = None
-        if mtu is None:
-            for family in (4, 6):
-                for msg in ipr.route("dump", family=_AF[family], table=MAIN_TABLE, dst_len=0):
-                    if msg.get("RTA_DST") is None and msg["dst_len"] == 0:
-                        mtu = mtu or _route_mtu(ipr, msg)
-    version = ipaddress.ip_address(endpoint_ip).version if endpoint_ip else 6
-    return (mtu or FALLBACK_MTU) - OVERHEAD[version]
 
 
 def free_table(start: int = DEFAULT_FWMARK) -> int:

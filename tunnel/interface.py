@@ -100,7 +100,9 @@ class Interface:
             fwmark = DEFAULT_FWMARK
         self.fwmark = fwmark or None
 
-        mtu = iface.mtu or self._derive_mtu()
+        # Resolved once: the MTU is derived from these, and the peers get them.
+        endpoints = {p.public_key: self._resolve(p.endpoint) for p in cfg.peers if p.endpoint is not None}
+        mtu = iface.mtu or _derive_mtu(endpoints.values())
         self.journal.record("link", ifname=self.name)
         try:
             self.tun = Tun(self.name, vnet_hdr=self.options.vnet_hdr, offload=self.options.vnet_hdr)
@@ -118,14 +120,11 @@ class Interface:
 
         self.device = Device(iface.private_key, wall_epoch=time.time() - time.monotonic(), mtu=mtu)
         for p in cfg.peers:
-            endpoint = None
-            if p.endpoint is not None:
-                endpoint = self._resolve(p.endpoint)
             self.device.add_peer(
                 p.public_key,
                 preshared_key=p.preshared_key,
                 allowed_ips=[str(n) for n in p.allowed_networks()],
-                endpoint=endpoint,
+                endpoint=endpoints.get(p.public_key),
                 persistent_keepalive=p.persistent_keepalive or 0,
                 name=p.name,
             )
@@ -186,22 +185,6 @@ class Interface:
             return _endpoint_tuple(resolve_endpoint(host, port))
         except EndpointResolutionError as exc:
             raise InterfaceError(f"cannot resolve endpoint {host}: {exc}") from None
-
-    def _derive_mtu(self) -> int:
-        """wg-quick: the MTU of the route to each endpoint, less 80; 1420 without endpoints."""
-        best = None
-        for p in self.config.peers:
-            if p.endpoint is None:
-                continue
-            try:
-                ep = self._resolve(p.endpoint)
-                route = netconfig.route_get(ep[0])
-            except Exception:  # no route yet: fall back like wg-quick
-                continue
-            if route.mtu:
-                m = route.mtu - OVERHEAD_IPV6
-                best = m if best is None else min(best, m)
-        return best if best and best >= 1280 else DEFAULT_MTU
 
     def _routes(self, allowed: list[str]) -> None:
         iface = self.config.interface
@@ -273,6 +256,21 @@ def down(name: str, state_dir: str | None = None) -> list[str]:
     # The journal holds every change the run made (the TUN link, addresses,
     # routes, rules, nft tables, DNS, sysctls, the control socket).
     return Journal.for_interface(name, state_dir).undo_all()
+
+
+def _derive_mtu(endpoints) -> int:
+    """wg-quick's rule: the MTU of the route to each endpoint less 80 (IPv6's overhead,
+    so the MTU still fits if the endpoint roams to IPv6); 1420 without endpoints."""
+    best = None
+    for ep in endpoints:
+        try:
+            route = netconfig.route_get(ep[0])
+        except netconfig.NetconfigError:  # no route yet: fall back like wg-quick
+            continue
+        if route.mtu:
+            m = route.mtu - OVERHEAD_IPV6
+            best = m if best is None else min(best, m)
+    return best if best and best >= 1280 else DEFAULT_MTU
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .secrets import write_private_file
+
 UndoFn = Callable[..., None]
 _UNDOERS: dict[str, UndoFn] = {}
 
@@ -133,11 +135,5 @@ class Journal:
 
     def _save(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        tmp = f"{self.path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps({"version": 1, "steps": self.steps}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        # Atomic, 0600, and the rename itself fsynced: a power cut keeps the journal.
+        write_private_file(self.path, json.dumps({"version": 1, "steps": self.steps}))

@@ -144,15 +144,7 @@ def DH_PUBKEY(private: bytes) -> bytes:
 
 def DH(private: bytes, public: bytes) -> bytes | None:
     """X25519; None when the result is all zeros (a low-order public key)."""
-    try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
-    except ValueError:
-        return None
-    if shared == _ZERO_KEY:
-        return None
-    return shared
+    return PrivateKey(private).exchange(public)
 
 
 class PrivateKey:

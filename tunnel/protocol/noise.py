@@ -28,7 +28,6 @@ from .constants import (
 from .crypto import (
     AEAD,
     AEAD_DECRYPT,
-    DH,
     HASH,
     KDF1,
     KDF2,
