@@ -26,7 +26,7 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.test_offload import ref_sum, tso  # noqa: E402
+from tests.helpers.packets import ref_sum, tso  # noqa: E402
 from tunnel.checksum import raw_sum, reduce  # noqa: E402
 from tunnel.offload import Coalescer, Splitter  # noqa: E402
 

@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import hooks, netconfig, sdnotify
 from .config import Config, EndpointResolutionError, resolve_endpoint
-from .dataplane import DataPlane
+from .dataplane import DataPlane, log_event
 from .protocol import Device
 from .protocol.constants import DEFAULT_MTU, OVERHEAD_IPV6
 from .tun import Tun, TunError
@@ -132,8 +132,7 @@ class Interface:
         self._routes(allowed)
         for step in self.options.extra_setup:
             step(self)
-        self.plane = DataPlane(self.device, self.tun, self.udp, vnet_hdr=self.options.vnet_hdr,
-                               on_event=self._on_event)
+        self.plane = DataPlane(self.device, self.tun, self.udp, on_event=self._on_event)
         now = time.monotonic()
         for peer in self.device.peers.values():
             if peer.endpoint is not None and peer.persistent_keepalive:
@@ -143,7 +142,7 @@ class Interface:
 
     def _on_event(self, ev) -> None:
         assert self.plane is not None
-        self.plane._log_event(ev)
+        log_event(ev)
         if ev.kind in ("handshake_retry", "handshake_no_reply", "handshake_gave_up"):
             now = time.monotonic()
             last = self._last_resolve.setdefault(ev.peer.public_key, now)

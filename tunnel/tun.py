@@ -123,6 +123,10 @@ class Tun:
         packet or vnet header raises OSError(EINVAL)."""
         return os.write(self.fd, buf)
 
+    def writev(self, parts) -> int:
+        """Writes one packet given in pieces (the vnet header and the IP packet, say)."""
+        return os.writev(self.fd, parts)
+
     def fileno(self) -> int:
         return self.fd
 

@@ -129,6 +129,27 @@ class UdpEndpoint:
         """The socket to send to `addr` from (None if that family is off)."""
         return self.sock6 if ":" in addr[0] else self.sock4
 
+    # -- the data plane's Bind (tunnel.dataplane.io) ---------------------------
+
+    def fds(self) -> list[int]:
+        return [s.fileno() for s in self.sockets()]
+
+    def recv(self, fd: int, buf) -> tuple:
+        sock = self.sock4 if self.sock4 is not None and self.sock4.fileno() == fd else self.sock6
+        return recv_batch(sock, buf)
+
+    def send_train(self, view, segment_size: int, addr: tuple) -> None:
+        sock = self.sock6 if ":" in addr[0] else self.sock4
+        if sock is None:
+            raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
+        send_gso(sock, view, segment_size, addr)
+
+    def send(self, data, addr: tuple) -> None:
+        sock = self.sock6 if ":" in addr[0] else self.sock4
+        if sock is None:
+            raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
+        sock.sendto(data, addr)
+
     def close(self) -> None:
         for s in self.sockets():
             s.close()

@@ -35,7 +35,7 @@ import threading
 
 import pytest
 
-from tests.test_offload import check_l4
+from tests.helpers.packets import check_l4
 from tunnel import udp
 from tunnel.offload import GSO_NONE, GSO_TCPV4, GSO_TCPV6, Coalescer, Splitter, parse_vnet
 from tunnel.tun import READ_BUFFER_SIZE, TUN_F_TSO4, TUN_F_TSO6, Tun

@@ -23,14 +23,14 @@ changed" assertions).
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
 from tunnel.protocol import Device, Drop, Event, SendDatagram, WritePacket
 from tunnel.protocol.peer import Peer
+
+from ..helpers.packets import ipv4_header_ok, ipv4_packet, ipv6_packet  # noqa: F401 (re-exported for the tests)
 
 # Wall time at monotonic 0, as a daemon would sample it once (any fixed value).
 WALL_EPOCH = 1_700_000_000.0
@@ -40,44 +40,6 @@ def seeded_rng(seed: int | str) -> Callable[[int], bytes]:
     """An `rng(n) -> n bytes` for a Device, deterministic for `seed`."""
     r = random.Random(seed)
     return r.randbytes
-
-
-# ---------------------------------------------------------------------------
-# IP packets
-# ---------------------------------------------------------------------------
-
-
-def _ones_complement_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def ipv4_packet(src: str, dst: str, payload: bytes = b"hello", proto: int = 17, ident: int = 0) -> bytes:
-    """A valid IPv4 header (with checksum) followed by `payload`."""
-    total = 20 + len(payload)
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, total, ident & 0xFFFF, 0, 64, proto, 0,
-        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
-    )
-    checksum = ~_ones_complement_sum(header) & 0xFFFF
-    return header[:10] + struct.pack("!H", checksum) + header[12:] + payload
-
-
-def ipv6_packet(src: str, dst: str, payload: bytes = b"hello", next_header: int = 17) -> bytes:
-    """A valid IPv6 header followed by `payload`."""
-    header = struct.pack(
-        "!IHBB16s16s", 6 << 28, len(payload), next_header, 64,
-        ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed,
-    )
-    return header + payload
-
-
-def ipv4_header_ok(packet: bytes) -> bool:
-    return packet[0] == 0x45 and _ones_complement_sum(packet[:20]) == 0xFFFF
 
 
 # ---------------------------------------------------------------------------

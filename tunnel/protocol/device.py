@@ -21,6 +21,7 @@ import itertools
 import os
 from typing import Callable, Iterable
 
+from . import transport
 from .actions import Action, Drop, SendDatagram, WritePacket
 from .allowedips import AllowedIPs
 from .constants import (
@@ -32,23 +33,19 @@ from .constants import (
     MESSAGE_HANDSHAKE_RESPONSE,
     MESSAGE_TRANSPORT_DATA,
     RESPONSE_MAC1_OFFSET,
-    TRANSPORT_HEADER_SIZE,
-    TRANSPORT_MIN_SIZE,
 )
 from .cookie import CookieChecker
-from .crypto import InvalidTag
+from .counters import Counters
 from .errors import (
-    AuthenticationFailed,
+    NO_ROUTE,
     CookieRequired,
-    ExpiredKey,
     LocalError,
     MalformedMessage,
     RemoteError,
-    Replayed,
     UnknownReceiver,
 )
 from .keypair import Keypair
-from .messages import CookieReply, Initiation, Response, TRANSPORT_HEADER, message_type
+from .messages import CookieReply, Initiation, Response, message_type
 from .noise import StaticIdentity, consume_initiation
 from .peer import Peer
 
@@ -64,22 +61,6 @@ def packet_destination(packet: bytes | memoryview) -> bytes | None:
     return None
 
 
-def inner_length(packet: bytes | memoryview) -> int:
-    """The length an IP packet claims in its header; 0 when not a valid IPv4/IPv6 header."""
-    n = len(packet)
-    if n >= 20 and packet[0] >> 4 == 4:
-        return (packet[2] << 8) | packet[3]
-    if n >= 40 and packet[0] >> 4 == 6:
-        return ((packet[4] << 8) | packet[5]) + 40
-    return 0
-
-
-def packet_source(packet: bytes | memoryview) -> bytes:
-    if packet[0] >> 4 == 4:
-        return bytes(packet[12:16])
-    return bytes(packet[8:24])
-
-
 class Device:
     def __init__(
         self,
@@ -88,6 +69,7 @@ class Device:
         wall_epoch: float,
         mtu: int = DEFAULT_MTU,
         rng: Rng = os.urandom,
+        counters: Counters | None = None,
     ):
         if len(private_key) != KEY_LEN:
             raise LocalError("a private key is 32 bytes")
@@ -103,7 +85,13 @@ class Device:
         self.indices: dict[int, Peer | Keypair] = {}
         self._heap: list[tuple[float, int, Peer]] = []
         self._seq = itertools.count()
-        self.drops: dict[str, int] = {}
+        # Shared with the data plane, which counts its I/O into the same object.
+        self.counters = counters if counters is not None else Counters()
+
+    @property
+    def drops(self):
+        """Drops by reason (the counters' Counter)."""
+        return self.counters.drops
 
     def __repr__(self) -> str:
         return f"Device(peers={len(self.peers)})"
@@ -157,7 +145,7 @@ class Device:
             peer.send_keepalive(now, out)
         elif not interval:
             peer.t_persistent_keepalive = None
-        return self._account(out)
+        return out
 
     # ------------------------------------------------------------------
     # indices
@@ -176,11 +164,6 @@ class Device:
     def _release_index(self, index: int, owner: Peer | Keypair) -> None:
         if self.indices.get(index) is owner:
             del self.indices[index]
-
-    def keypair_for(self, receiver: int) -> Keypair | None:
-        """The session a transport message's receiver index names (for the batched data plane)."""
-        kp = self.indices.get(receiver)
-        return kp if type(kp) is Keypair else None
 
     # ------------------------------------------------------------------
     # timers
@@ -225,35 +208,37 @@ class Device:
             if nd is not None and nd < peer.scheduled:
                 peer.scheduled = nd
                 self._schedule(peer, nd)
-        return self._account(out)
+        return out
 
     # ------------------------------------------------------------------
     # from the tunnel device
     # ------------------------------------------------------------------
 
     def route(self, packet: bytes | memoryview) -> Peer | None:
+        """The peer a packet's destination routes to (cryptokey routing), or None."""
         dst = packet_destination(packet)
         return None if dst is None else self.allowed_ips.lookup(dst)
 
     def send_packet(self, packet: bytes, now: float) -> list[Action]:
         """An IP packet read from the TUN device: encrypt it to the peer its destination routes to."""
+        out: list[Action] = []
         peer = self.route(packet)
         if peer is None:
-            return self._account([Drop("no_route")])
-        out: list[Action] = []
+            self.drop(NO_ROUTE, None, out)
+            return out
         peer.send_packet(bytes(packet), now, out)
-        return self._account(out)
+        return out
 
     def send_keepalive(self, peer: Peer, now: float) -> list[Action]:
         out: list[Action] = []
         peer.send_keepalive(now, out)
-        return self._account(out)
+        return out
 
     def initiate(self, peer: Peer, now: float) -> list[Action]:
         """Start a handshake now (as `wg set` with a new endpoint, or at start-up)."""
         out: list[Action] = []
         peer.send_initiation(now, out)
-        return self._account(out)
+        return out
 
     # ------------------------------------------------------------------
     # from the network
@@ -266,7 +251,7 @@ class Device:
         try:
             kind = message_type(data)
             if kind == MESSAGE_TRANSPORT_DATA:
-                self._receive_transport(bytes(data), endpoint, now, out)
+                self._receive_transport(data, endpoint, now, out)
             elif kind == MESSAGE_HANDSHAKE_INITIATION:
                 self._receive_initiation(bytes(data), endpoint, now, under_load, out)
             elif kind == MESSAGE_HANDSHAKE_RESPONSE:
@@ -275,11 +260,9 @@ class Device:
                 self._receive_cookie(bytes(data), now)
             else:
                 raise MalformedMessage("unknown message type")
-        except CookieRequired:
-            out.append(Drop(CookieRequired.reason))
         except RemoteError as exc:
-            out.append(Drop(exc.reason))
-        return self._account(out)
+            self.drop(exc.reason, None, out)
+        return out
 
     def _receive_initiation(self, data: bytes, endpoint: tuple, now: float, under_load: bool, out: list[Action]) -> None:
         msg = Initiation.unpack(data)
@@ -298,6 +281,7 @@ class Device:
             self.cookie_checker.validate(data, mac1_offset, endpoint, now, under_load)
         except CookieRequired:
             out.append(SendDatagram(endpoint, self.cookie_checker.create_reply(data, mac1_offset, sender, endpoint, now)))
+            self.counters.cookie_replies += 1
             raise
 
     def _handshake_of(self, public_key: bytes):
@@ -326,44 +310,24 @@ class Device:
         peer.cookie.consume_reply(msg, now)
 
     def _receive_transport(self, data: bytes, endpoint: tuple, now: float, out: list[Action]) -> None:
-        if len(data) < TRANSPORT_MIN_SIZE:
-            raise MalformedMessage("transport message too short")
-        _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
-        kp = self.keypair_for(receiver)
-        if kp is None:
-            raise UnknownReceiver("no session with that index")
-        if not kp.can_receive(now):
-            raise ExpiredKey("session expired")
-        if not kp.replay.check(counter):
-            raise Replayed("counter replayed or too old")
-        assert kp.recv_aead is not None
-        try:
-            plaintext = kp.recv_aead.decrypt(
-                b"\x00\x00\x00\x00" + data[8:16], data[TRANSPORT_HEADER_SIZE:], None
-            )
-        except InvalidTag:
-            raise AuthenticationFailed("transport data does not authenticate") from None
-        if not kp.replay.update(counter):
-            raise Replayed("counter replayed")
-        peer = kp.peer
-        is_data = len(plaintext) > 0
-        peer.note_received(kp, now, endpoint, len(data), is_data, out)
-        if not is_data:
-            return  # a keepalive
-        n = inner_length(plaintext)
-        if n == 0 or n > len(plaintext):
-            out.append(Drop("invalid_inner_packet", peer))
-            return
-        packet = plaintext[:n]
-        if self.allowed_ips.lookup(packet_source(packet)) is not peer:
-            out.append(Drop("disallowed_source", peer))
-            return
-        out.append(WritePacket(packet, peer))
+        """One transport message, through the same batch call the data plane uses."""
+        view = memoryview(bytes(data))
+        plain = memoryview(bytearray(max(0, len(view) - transport.OVERHEAD)))
+        owner = self.indices.get(int.from_bytes(view[4:8], "little")) if len(view) >= 8 else None
+        peer = owner.peer if type(owner) is Keypair else None
+
+        def deliver(packet: memoryview) -> None:
+            out.append(WritePacket(bytes(packet), peer))
+
+        def handshake(datagram: bytes, source: tuple) -> None:  # pragma: no cover - type 4 only here
+            raise AssertionError("a handshake message on the transport path")
+
+        transport.open_batch(self, view, 0, len(view), len(view), endpoint, plain, deliver, handshake, now, out,
+                             drops=out)
 
     # ------------------------------------------------------------------
 
-    def _account(self, out: list[Action]) -> list[Action]:
-        for a in out:
-            if type(a) is Drop:
-                self.drops[a.reason] = self.drops.get(a.reason, 0) + 1
-        return out
+    def drop(self, reason: str, peer: Peer | None, out: list[Action]) -> None:
+        """Count a drop under its reason and report it to the caller."""
+        self.counters.drops[reason] += 1
+        out.append(Drop(reason, peer))

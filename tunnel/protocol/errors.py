@@ -63,8 +63,20 @@ class DisallowedSource(RemoteError):
     reason = "disallowed_source"
 
 
+class InvalidInnerPacket(RemoteError):
+    """An authenticated transport message whose plaintext is not a whole IPv4/IPv6 packet."""
+
+    reason = "invalid_inner_packet"
+
+
 class UnexpectedMessage(RemoteError):
     reason = "unexpected"
+
+
+# Drops that are no sender's fault: our own state has nowhere to put the packet.
+NO_ROUTE = "no_route"
+NO_ENDPOINT = "no_endpoint"
+INVALID_PEER_KEY = "invalid_peer_key"
 
 
 class LocalError(Exception):

@@ -35,7 +35,8 @@ import collections
 import math
 from typing import TYPE_CHECKING
 
-from .actions import Action, Drop, Event, SendDatagram
+from . import transport
+from .actions import Action, Event, SendDatagram
 from .constants import (
     HANDSHAKE_INITIATION_SIZE,
     INITIATION_MAC1_OFFSET,
@@ -51,6 +52,7 @@ from .constants import (
     RESPONSE_MAC1_OFFSET,
 )
 from .cookie import CookieGenerator
+from .errors import INVALID_PEER_KEY, NO_ENDPOINT
 from .keypair import Keypair
 from .noise import Handshake, StaticIdentity
 
@@ -59,7 +61,6 @@ if TYPE_CHECKING:
 
 MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)
 _NEVER = math.inf
-_ZERO_PAD = bytes(PADDING_MULTIPLE)
 
 
 class Peer:
@@ -255,10 +256,10 @@ class Peer:
         if self.last_sent_initiation is not None and now - self.last_sent_initiation < REKEY_TIMEOUT:
             return
         if self.endpoint is None:
-            out.append(Drop("no_endpoint", self))
+            self.device.drop(NO_ENDPOINT, self, out)
             return
         if not self.handshake.valid_peer:
-            out.append(Drop("invalid_peer_key", self))
+            self.device.drop(INVALID_PEER_KEY, self, out)
             return
         self.last_sent_initiation = now
         self._release_handshake_index()
@@ -302,7 +303,7 @@ class Peer:
         self.send_keepalive(now, out)
 
     # ------------------------------------------------------------------
-    # transport sending (the general path; the data plane batches the same steps)
+    # transport sending (sealing itself is transport.seal, the one path)
     # ------------------------------------------------------------------
 
     def send_packet(self, packet: bytes, now: float, out: list[Action]) -> None:
@@ -324,38 +325,37 @@ class Peer:
         return None
 
     def send_staged(self, now: float, out: list[Action]) -> None:
+        """Send everything staged if a session allows; otherwise start a handshake (they wait for it)."""
         if not self.staged:
             return
-        kp = self.sending_keypair(now, len(self.staged))
-        if kp is None or self.endpoint is None:
-            if self.endpoint is None:
-                out.append(Drop("no_endpoint", self))
-                self.staged.clear()
-                return
+        if self.endpoint is None:
+            self.device.drop(NO_ENDPOINT, self, out)
+            self.staged.clear()
+            return
+        if self.sending_keypair(now, len(self.staged)) is None:
             self.send_initiation(now, out)
             return
-        mtu = self.device.mtu
-        any_data = False
-        sent = 0
-        while self.staged:
-            packet = self.staged.popleft()
-            counter = kp.reserve(1)
-            n = len(packet)
-            pad = (-n) % PADDING_MULTIPLE
-            if n + pad > mtu:
-                pad = max(0, mtu - n)
-            plaintext = packet + _ZERO_PAD[:pad] if pad else packet
-            assert kp.send_aead is not None
-            data = kp.header_prefix + counter.to_bytes(8, "little") + kp.send_aead.encrypt(
-                b"\x00\x00\x00\x00" + counter.to_bytes(8, "little"), plaintext, None
-            )
-            out.append(SendDatagram(self.endpoint, data, self))
-            sent += len(data)
-            any_data = any_data or n > 0
-        self.note_sent(now, sent, any_data, out)
+        packets = list(self.staged)
+        self.staged.clear()
+        room = sum(len(p) for p in packets) + len(packets) * (PADDING_MULTIPLE + transport.OVERHEAD)
+        buf = memoryview(bytearray(room))
+
+        def write(i: int, into: memoryview, at: int) -> int:
+            p = packets[i]
+            into[at:at + len(p)] = p
+            return len(p)
+
+        sizes: list[int] = []
+        after: list[Action] = []
+        transport.seal(self.device, self, write, 0, len(packets), buf, 0, now, after, sizes)
+        pos = 0
+        for size in sizes:
+            out.append(SendDatagram(self.endpoint, bytes(buf[pos:pos + size]), self))
+            pos += size
+        out.extend(after)
 
     def note_sent(self, now: float, nbytes: int, data: bool, out: list[Action]) -> None:
-        """Bookkeeping after transport packets were encrypted with `current` (also for the batched data plane)."""
+        """Bookkeeping once per batch sealed with `current` (transport.seal calls it)."""
         self.tx_bytes += nbytes
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_sent()
@@ -374,7 +374,7 @@ class Peer:
     # ------------------------------------------------------------------
 
     def note_received(self, kp: Keypair, now: float, endpoint: tuple, nbytes: int, data: bool, out: list[Action]) -> None:
-        """Bookkeeping after authenticated transport packets arrived on `kp` (also for the batched data plane)."""
+        """Bookkeeping once per batch of authenticated transport packets on `kp` (transport.open_batch calls it)."""
         self.rx_bytes += nbytes
         self.set_endpoint(endpoint, out)
         self._timers_any_authenticated_packet_received()

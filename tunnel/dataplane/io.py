@@ -1,0 +1,50 @@
+"""The two I/O seams of the data plane, as wireguard-go's tun.Device and conn.Bind.
+
+The data plane moves bytes between a TunDevice and a Bind and calls the
+protocol core for every seal and open. The real implementations are
+tunnel.tun.Tun and tunnel.udp.UdpEndpoint; tunnel.dataplane.fakes has
+in-memory ones, so the whole data plane runs in tests without root.
+
+Rules kept here:
+- every call is non-blocking and raises BlockingIOError when there is
+  nothing to read or no room to write, as the standard library does;
+- a read gives many packets' worth when the kernel offers it: a TUN
+  super-packet (TSO/USO, behind the vnet header) or a UDP GRO train;
+- a write takes many packets' worth: a UDP GSO train of equal-sized
+  datagrams (only the last may be shorter), a TUN super-packet.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+
+class TunDevice(Protocol):
+    """The TUN side."""
+
+    fd: int  # watched by the loop's epoll for readability
+    vnet_hdr: bool  # packets carry the 10-byte virtio_net_hdr both ways
+
+    def read_into(self, buf) -> int:
+        """One packet (or super-packet) into buf; its length. BlockingIOError when none."""
+
+    def writev(self, parts: Sequence) -> int:
+        """Write one packet (or super-packet) given in pieces."""
+
+
+class Bind(Protocol):
+    """The UDP side."""
+
+    port: int
+
+    def fds(self) -> list[int]:
+        """The descriptors the loop watches for readability."""
+
+    def recv(self, fd: int, buf) -> tuple[int, int, tuple]:
+        """(nbytes, segment size, source) of one datagram or GRO train read from fd into buf."""
+
+    def send_train(self, view, segment_size: int, endpoint: tuple) -> None:
+        """Send view as datagrams of segment_size bytes (the last may be shorter), in one call where possible."""
+
+    def send(self, data, endpoint: tuple) -> None:
+        """Send one datagram."""

@@ -1,0 +1,223 @@
+"""The loop that moves packets between the TUN device and UDP.
+
+Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
+- every system call carries many packets (send.py, receive.py), and the
+  core seals and opens every transport packet (tunnel.protocol.transport):
+  this loop only moves bytes, calls the core and does what it returns;
+- handshakes are queued and at most HANDSHAKE_BUDGET are processed per loop
+  turn, so a flood of X25519 work cannot stall data; past UNDER_LOAD_QUEUE
+  queued messages the core is told it is under load for UNDER_LOAD_SECONDS
+  and answers with cookie replies (wireguard-go's rule);
+- one turn (`service`) serves the descriptors that are ready, lightest
+  first (ACKs and pings do not wait behind a turn of bulk data), then the
+  handshake queue, then the core's timers; `run` is epoll around it, and
+  tests call `service` with a fake clock;
+- the loop's thread owns the Device: other threads hand it work with
+  call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import select
+import time
+from typing import Callable
+
+from ..protocol import Device, Drop, Event, SendDatagram, WritePacket
+from ..protocol.crypto import encode_key
+from . import drops as D
+from .receive import Receiver
+from .send import Sender
+
+log = logging.getLogger("tunnel")
+
+HANDSHAKE_BUDGET = 8
+HANDSHAKE_QUEUE_MAX = 4096
+UNDER_LOAD_QUEUE = 64
+UNDER_LOAD_SECONDS = 1.0
+
+
+class DataPlane:
+    def __init__(
+        self,
+        device: Device,
+        tun,
+        bind,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[Event], None] | None = None,
+    ):
+        self.device = device
+        self.tun = tun
+        self.bind = bind
+        self.clock = clock
+        self.on_event = on_event or log_event
+        # One set of counters for the interface: the core's and ours.
+        self.stats = device.counters
+        self.sender = Sender(device, tun, bind, self.perform)
+        self.receiver = Receiver(device, tun, bind, self.perform, self.queue_handshake)
+        self.handshakes: collections.deque = collections.deque()
+        self._under_load_until = 0.0
+        self._stop = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.extra_fds: dict[int, Callable[[], None]] = {}
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._work: dict[int, int] = {}  # bytes each descriptor gave last time
+
+    # ------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler)."""
+        self._stop = True
+        self._wake()
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run fn in the loop's thread at its next turn (from any thread)."""
+        self._calls.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.extra_fds[fd] = callback
+
+    def timeout(self) -> float:
+        """How long the loop may sleep now (seconds)."""
+        if self.handshakes or self._calls:
+            return 0.0
+        deadline = self.device.next_deadline()
+        if deadline is None:
+            return 1.0
+        return max(0.0, min(1.0, deadline - self.clock()))
+
+    def run(self) -> None:
+        ep = select.epoll()
+        try:
+            for fd in (self.tun.fd, *self.bind.fds(), self._wake_r, *self.extra_fds):
+                ep.register(fd, select.EPOLLIN)
+            while not self._stop:
+                events = ep.poll(self.timeout())
+                self.service([fd for fd, _ in events], self.clock())
+        finally:
+            ep.close()
+
+    def service(self, ready: list[int], now: float) -> None:
+        """One turn: the ready descriptors (lightest first), the handshake queue, the timers."""
+        work = self._work
+        if len(ready) > 1:
+            ready.sort(key=lambda fd: work.get(fd, 0))
+        tun_fd = self.tun.fd
+        for fd in ready:
+            if fd == tun_fd:
+                work[fd] = self.sender.from_tun(now)
+            elif fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 512)
+                except OSError:
+                    pass
+            elif fd in self.extra_fds:
+                self.extra_fds[fd]()
+            else:
+                work[fd] = self.receiver.from_udp(fd, now)
+        while self._calls:
+            self._calls.popleft()()
+        if self.handshakes:
+            self.process_handshakes(self.clock())
+        deadline = self.device.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.perform(self.device.tick(now), now)
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------
+    # what the core asks for
+    # ------------------------------------------------------------------
+
+    def perform(self, actions, now: float) -> None:
+        for a in actions:
+            t = type(a)
+            if t is SendDatagram:
+                self.send_one(a.data, a.endpoint)
+            elif t is WritePacket:
+                self.receiver.write_plain(a.data)
+            elif t is Event:
+                self.on_event(a)
+            elif t is not Drop:  # drops are counted by the core
+                raise TypeError(f"unknown action {a!r}")
+
+    def send_one(self, data, endpoint) -> None:
+        try:
+            self.bind.send(data, endpoint)
+            self.stats.udp_sends += 1
+        except BlockingIOError:
+            self.stats.drops[D.UDP_SEND_BUSY] += 1
+        except OSError as exc:
+            reason = D.NO_SOCKET_FOR_FAMILY if exc.errno == errno.EAFNOSUPPORT else D.UDP_SEND_ERROR
+            self.stats.drops[reason] += 1
+            log.debug("send to %s failed: %s", format_endpoint(endpoint), exc)
+
+    # ------------------------------------------------------------------
+    # handshakes, off the fast path
+    # ------------------------------------------------------------------
+
+    def queue_handshake(self, data: bytes, source: tuple) -> None:
+        if len(self.handshakes) >= HANDSHAKE_QUEUE_MAX:
+            self.stats.drops[D.HANDSHAKE_QUEUE_FULL] += 1
+            return
+        self.handshakes.append((data, source))
+        if len(self.handshakes) > self.stats.handshakes_queued_max:
+            self.stats.handshakes_queued_max = len(self.handshakes)
+
+    def process_handshakes(self, now: float) -> None:
+        if len(self.handshakes) >= UNDER_LOAD_QUEUE:
+            self._under_load_until = now + UNDER_LOAD_SECONDS
+        under_load = now < self._under_load_until
+        # Under load most messages get a cookie reply (no X25519), so more fit in a turn.
+        budget = 8 * HANDSHAKE_BUDGET if under_load else HANDSHAKE_BUDGET
+        receive = self.device.receive_datagram
+        for _ in range(min(budget, len(self.handshakes))):
+            data, source = self.handshakes.popleft()
+            self.perform(receive(data, source, now, under_load), now)
+
+
+def format_endpoint(endpoint) -> str:
+    if endpoint is None:
+        return "(none)"
+    host, port = endpoint[0], endpoint[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peer_name(peer) -> str:
+    if peer is None:
+        return "?"
+    if peer.name:
+        return peer.name
+    return encode_key(peer.public_key)[:8] + "…"
+
+
+def log_event(ev: Event) -> None:
+    name = peer_name(ev.peer)
+    if ev.kind == "handshake_completed":
+        log.info("peer %s: handshake completed", name)
+    elif ev.kind == "roamed":
+        log.info("peer %s: roamed to %s", name, format_endpoint(ev.detail))
+    elif ev.kind == "handshake_gave_up":
+        log.warning("peer %s: no handshake after 90 s; dropped %s queued packets", name, ev.detail)
+    elif ev.kind == "keys_zeroed":
+        log.info("peer %s: session keys wiped", name)
+    else:
+        log.debug("peer %s: %s %s", name, ev.kind, ev.detail if ev.detail is not None else "")
