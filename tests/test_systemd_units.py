@@ -62,6 +62,8 @@ def test_units_are_notify_restart_and_hardened(name):
     rw = keys["ReadWritePaths"][0].split()
     assert {"/run/tunnel", "/run/wireguard", "/etc/wireguard"} <= set(rw)
     assert keys["NoNewPrivileges"] == ["yes"]
+    # Initiation timestamps come from the wall clock: start once it is synchronised where a sync service runs.
+    assert "time-sync.target" in keys["After"][0].split()
 
 
 def test_notify_without_socket_does_nothing(monkeypatch):

@@ -23,28 +23,36 @@ WALL_EPOCH = 1_700_000_000.0
 
 
 class Clock:
+    """The fake monotonic clock, and a fake wall clock `wall_offset` seconds from WALL_EPOCH + now."""
+
     def __init__(self, now: float = 100.0):
         self.now = now
+        self.wall_offset = 0.0
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return WALL_EPOCH + self.now + self.wall_offset
 
 
 class Side:
     """One end: its Device, MemoryTun, MemoryBind and DataPlane."""
 
-    def __init__(self, name: str, index: int, net: MemoryNet, clock: Clock, seed, vnet: bool, mtu: int,
-                 gro: bool):
+    def __init__(self, name: str, index: int, net: MemoryNet, clock: Clock, seed, vnet: bool = True,
+                 mtu: int = 1420, gro: bool = True):
         self.name = name
         rng = random.Random(f"{seed}-{name}").randbytes
-        self.device = Device(rng(32), wall_epoch=WALL_EPOCH, mtu=mtu, rng=rng)
+        # As a daemon does: the wall clock sampled once at start (the loop keeps it current).
+        self.device = Device(rng(32), wall_epoch=clock.wall() - clock.now, mtu=mtu, rng=rng)
         self.endpoint = (f"192.0.2.{index}", 51820)
         self.address4 = f"10.0.0.{index}"
         self.address6 = f"fd00::{index:x}"
         self.tun = MemoryTun(vnet_hdr=vnet)
         self.bind: MemoryBind = net.bind(*self.endpoint, gro=gro)
         self.events: list = []
-        self.plane = DataPlane(self.device, self.tun, self.bind, clock=clock, on_event=self.events.append)
+        self.plane = DataPlane(self.device, self.tun, self.bind, clock=clock, wall_clock=clock.wall,
+                               on_event=self.events.append)
 
     @property
     def counters(self):

@@ -48,12 +48,14 @@ class DataPlane:
         bind,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         on_event: Callable[[Event], None] | None = None,
     ):
         self.device = device
         self.tun = tun
         self.bind = bind
         self.clock = clock
+        self.wall_clock = wall_clock
         self.on_event = on_event or log_event
         # One set of counters for the interface: the core's and ours.
         self.stats = device.counters
@@ -112,6 +114,8 @@ class DataPlane:
 
     def service(self, ready: list[int], now: float) -> None:
         """One turn: the ready descriptors (lightest first), the handshake queue, the timers."""
+        # Initiations made in this turn carry the wall clock as it is now (NTP may have moved it).
+        self.device.sync_wall(self.wall_clock(), now)
         work = self._work
         if len(ready) > 1:
             ready.sort(key=lambda fd: work.get(fd, 0))

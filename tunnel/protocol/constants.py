@@ -86,3 +86,10 @@ OVERHEAD_IPV6 = 40 + 8 + TRANSPORT_HEADER_SIZE + AEAD_TAG_LEN
 # Handshakes we still process per second when under load (cookie-less ones
 # get a cookie reply instead); the caller decides when we are under load.
 MAX_QUEUED_HANDSHAKES = 4096
+# Handshake messages with a valid mac2 under load, per source (IPv4 address
+# or IPv6 /64): as the kernel's ratelimiter.c and wireguard-go.
+RATELIMIT_PER_SECOND = 20
+RATELIMIT_BURST = 5
+RATELIMIT_EXPIRE_SECONDS = 1.0
+# Sources tracked at once; past this a new source is refused (kernel: bounded by RAM, at least 8192).
+RATELIMIT_MAX_ENTRIES = 65536

@@ -2,6 +2,7 @@
 
 Rules kept here:
 - mac1 is checked on every handshake message before any Diffie-Hellman;
+  macs are compared in constant time (hmac.compare_digest);
 - whether we are under load is the caller's input, never guessed here;
 - the cookie secret rotates every COOKIE_SECRET_MAX_AGE seconds of the
   caller's clock; a cookie we received is used for mac2 only while younger
@@ -11,6 +12,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import hmac
 from typing import Callable
 
 from .constants import (
@@ -70,14 +72,14 @@ class CookieChecker:
         `create_reply`). Returns normally when the message may be processed.
         """
         mac1 = packet[mac1_offset:mac1_offset + MAC_LEN]
-        if MAC(self.mac1_key, packet[:mac1_offset]) != mac1:
+        if not hmac.compare_digest(MAC(self.mac1_key, packet[:mac1_offset]), mac1):
             raise InvalidMac("mac1 does not match")
         if not under_load:
             return
         mac2_offset = mac1_offset + MAC_LEN
         mac2 = packet[mac2_offset:mac2_offset + MAC_LEN]
         cookie = self.make_cookie(endpoint, now)
-        if MAC(cookie, packet[:mac2_offset]) != mac2:
+        if not hmac.compare_digest(MAC(cookie, packet[:mac2_offset]), mac2):
             raise CookieRequired("under load and mac2 is not valid")
 
     def create_reply(self, packet: bytes, mac1_offset: int, sender_index: int, endpoint: tuple, now: float) -> bytes:

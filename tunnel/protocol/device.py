@@ -7,8 +7,9 @@ Bytes and time in, actions out:
 
 Rules kept here:
 - nothing here does I/O or reads a clock; `now` is the caller's monotonic
-  time in seconds, and `wall_epoch` (wall time minus monotonic time,
-  sampled once by the caller) turns it into the TAI64N wall time;
+  time in seconds, and `wall_epoch` (wall time minus monotonic time, which
+  the caller refreshes with sync_wall as often as it reads its clocks)
+  turns it into the TAI64N wall time of an initiation;
 - remote garbage becomes Drop(reason) and changes no state; a reply is sent
   only for a valid handshake message (or a cookie reply under load);
 - our own misuse (bad key sizes, unknown peers) raises LocalError.
@@ -41,6 +42,7 @@ from .errors import (
     CookieRequired,
     LocalError,
     MalformedMessage,
+    RateLimited,
     RemoteError,
     UnknownReceiver,
 )
@@ -48,6 +50,7 @@ from .keypair import Keypair
 from .messages import CookieReply, Initiation, Response, message_type
 from .noise import StaticIdentity, consume_initiation
 from .peer import Peer
+from .ratelimiter import RateLimiter
 
 Rng = Callable[[int], bytes]
 
@@ -79,6 +82,7 @@ class Device:
         self.mtu = mtu
         self.rng = rng
         self.cookie_checker = CookieChecker(self.public_key, rng)
+        self.ratelimiter = RateLimiter()
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips = AllowedIPs()
         # local index -> Peer (a handshake in progress) or Keypair (a session)
@@ -97,7 +101,17 @@ class Device:
         return f"Device(peers={len(self.peers)})"
 
     def wall(self, now: float) -> float:
+        """The wall time (Unix seconds) at the caller's monotonic `now`."""
         return now + self.wall_epoch
+
+    def sync_wall(self, wall: float, now: float) -> None:
+        """The caller's wall clock read at its monotonic `now`.
+
+        Initiation timestamps (TAI64N) come from the latest of these, so a
+        wall clock that NTP corrects after start-up is followed at once: a
+        peer that once saw a newer timestamp would refuse stale ones forever.
+        """
+        self.wall_epoch = wall - now
 
     # ------------------------------------------------------------------
     # configuration
@@ -276,13 +290,16 @@ class Device:
 
     def _check_macs(self, data: bytes, mac1_offset: int, sender: int, endpoint: tuple, now: float,
                     under_load: bool, out: list[Action]) -> None:
-        """mac1 always; under load a valid mac2 too, else answer with a cookie reply and stop."""
+        """mac1 always; under load a valid mac2 too (else answer with a cookie reply and stop) and the source's rate."""
         try:
             self.cookie_checker.validate(data, mac1_offset, endpoint, now, under_load)
         except CookieRequired:
             out.append(SendDatagram(endpoint, self.cookie_checker.create_reply(data, mac1_offset, sender, endpoint, now)))
             self.counters.cookie_replies += 1
             raise
+        # A valid mac2 proves the address, not good manners: limit each source before any X25519.
+        if under_load and not self.ratelimiter.allow(endpoint, now):
+            raise RateLimited("handshake messages from this source over its limit")
 
     def _handshake_of(self, public_key: bytes):
         peer = self.peers.get(public_key)

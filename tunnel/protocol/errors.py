@@ -51,6 +51,12 @@ class CookieRequired(RemoteError):
     reason = "cookie_required"
 
 
+class RateLimited(RemoteError):
+    """Under load, a source sent handshake messages faster than its limit."""
+
+    reason = "ratelimited"
+
+
 class Replayed(RemoteError):
     reason = "replayed"
 
