@@ -139,16 +139,27 @@ class UdpEndpoint:
         return recv_batch(sock, buf)
 
     def send_train(self, view, segment_size: int, addr: tuple) -> None:
-        sock = self.sock6 if ":" in addr[0] else self.sock4
-        if sock is None:
-            raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
+        sock, addr = self._route(addr)
         send_gso(sock, view, segment_size, addr)
 
     def send(self, data, addr: tuple) -> None:
-        sock = self.sock6 if ":" in addr[0] else self.sock4
+        sock, addr = self._route(addr)
+        sock.sendto(data, addr)
+
+    def _route(self, addr: tuple) -> tuple:
+        """The socket and address to send to addr: a v4-mapped IPv6 address goes out of the IPv4
+        socket as plain IPv4 (the IPv6 socket is V6ONLY: sending it there fails with ENETUNREACH)."""
+        host = addr[0]
+        if ":" in host:
+            if host[:7].lower() == "::ffff:" and "." in host:
+                sock, addr = self.sock4, (host[7:], addr[1])
+            else:
+                sock = self.sock6
+        else:
+            sock = self.sock4
         if sock is None:
             raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
-        sock.sendto(data, addr)
+        return sock, addr
 
     def close(self) -> None:
         for s in self.sockets():
