@@ -72,7 +72,7 @@ class Registry(abc.ABC):
     def add_client(self, name: str, public_key: str, *, preshared_key: str | None = None,
                    private_key: str | None = None, groups: Iterable[str] = (),
                    expires_at: float | None = None, addresses: Iterable[str] | None = None,
-                   now: float | None = None) -> Client:
+                   options: dict | None = None, now: float | None = None) -> Client:
         """Add a client with the next free address of each pool (or the given host addresses)."""
 
     @abc.abstractmethod

@@ -98,6 +98,7 @@ class Client:
     created: float = 0.0
     expires_at: float | None = None
     disabled: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # per-client choices, e.g. {"split": True}
 
     @property
     def addresses(self) -> list[str]:

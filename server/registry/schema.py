@@ -35,7 +35,8 @@ MIGRATIONS: list[list[str]] = [
             ipv6 TEXT UNIQUE,
             created DOUBLE PRECISION NOT NULL,
             expires_at DOUBLE PRECISION,
-            disabled INTEGER NOT NULL DEFAULT 0
+            disabled INTEGER NOT NULL DEFAULT 0,
+            options TEXT NOT NULL DEFAULT '{}'      -- JSON: per-client choices (split tunnel, ...)
         )""",
         """CREATE TABLE client_groups (
             client TEXT NOT NULL REFERENCES clients(name) ON DELETE CASCADE,

@@ -193,7 +193,8 @@ class SqlRegistry(Registry):
 
     # -- clients ----------------------------------------------------------------------
 
-    _CLIENT_COLUMNS = "name, public_key, preshared_key, private_key, ipv4, ipv6, created, expires_at, disabled"
+    _CLIENT_COLUMNS = ("name, public_key, preshared_key, private_key, ipv4, ipv6, created, expires_at, disabled, "
+                       "options")
 
     def _clients(self, tx: Tx, name: str | None = None) -> list[Client]:
         where, params = ("WHERE name = ?", (name,)) if name is not None else ("", ())
@@ -203,7 +204,8 @@ class SqlRegistry(Registry):
         for client, grp in tx.all(f"SELECT client, grp FROM client_groups {gwhere} ORDER BY grp", params):
             groups.setdefault(client, []).append(grp)
         return [Client(name=r[0], public_key=r[1], preshared_key=r[2], private_key=r[3], ipv4=r[4], ipv6=r[5],
-                       created=r[6], expires_at=r[7], disabled=bool(r[8]), groups=tuple(groups.get(r[0], ())))
+                       created=r[6], expires_at=r[7], disabled=bool(r[8]), options=json.loads(r[9] or "{}"),
+                       groups=tuple(groups.get(r[0], ())))
                 for r in rows]
 
     def _client(self, tx: Tx, name: str) -> Client:
@@ -213,7 +215,7 @@ class SqlRegistry(Registry):
         return found[0]
 
     def add_client(self, name, public_key, *, preshared_key=None, private_key=None, groups=(),
-                   expires_at=None, addresses=None, now=None) -> Client:
+                   expires_at=None, addresses=None, options=None, now=None) -> Client:
         check_name("client", name)
         groups = _groups(groups)
         with self._write() as tx:
@@ -225,9 +227,9 @@ class SqlRegistry(Registry):
             if public_key == _public_of(settings.private_key):
                 raise Conflict("a client cannot have the server's own public key")
             chosen = self._allocate(tx, settings, addresses)
-            tx.run(f"INSERT INTO clients ({self._CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tx.run(f"INSERT INTO clients ({self._CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (name, public_key, preshared_key, private_key, chosen.get(4), chosen.get(6), _now(now),
-                    expires_at, 0))
+                    expires_at, 0, json.dumps(options or {})))
             for g in groups:
                 tx.run("INSERT INTO client_groups (client, grp) VALUES (?, ?)", (name, g))
             return self._client(tx, name)
