@@ -57,7 +57,7 @@ def parse_expiry(text: str, now: float, tz: dt.tzinfo | None = None) -> float | 
 
 
 def _span(seconds: float) -> str:
-    s = int(abs(seconds))
+    s = round(abs(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:
             big, rest = divmod(s, size)

@@ -198,7 +198,11 @@ def _gateway_name(name: str | None) -> str:
 def _registry_location(p: Paths, registry: str | None) -> str:
     if not registry:
         return p.db
-    return registry if is_postgres(registry) else os.path.abspath(registry)
+    if is_postgres(registry):
+        return registry
+    if "://" in registry:
+        raise ProvisionError(f"registry {registry.split('://')[0]}://...: give a file path or a postgresql:// URL")
+    return os.path.abspath(registry)
 
 
 def init_server(directory: str | None, ifname: str | None, endpoint: str, *, port: int = DEFAULT_PORT,

@@ -89,12 +89,9 @@ class PostgresRegistry(SqlRegistry):
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
-        conn = self._conn
-        cur = conn.cursor()
+        begin = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        conn, cur = self._begin(begin)
         try:
-            cur.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield Tx(cur, lambda sql: sql.replace("?", "%s"))
             cur.execute("COMMIT")
         except BaseException as exc:
@@ -113,6 +110,23 @@ class PostgresRegistry(SqlRegistry):
         finally:
             with contextlib.suppress(psycopg.Error):
                 cur.close()
+
+    def _begin(self, begin: str):
+        """A connection with a transaction begun; one found dead (the server restarted) is replaced once."""
+        for attempt in (1, 2):
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            cur = self._conn.cursor()
+            try:
+                cur.execute(begin)
+                return self._conn, cur
+            except psycopg.OperationalError as exc:
+                self._drop()
+                if attempt == 2:
+                    raise self._unavailable(exc) from None
+            except psycopg.Error as exc:
+                raise RegistryError(f"registry {self.location}: {_first_line(exc)}") from None
+        raise AssertionError("unreachable")
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
