@@ -20,11 +20,12 @@ import base64
 import contextlib
 import ipaddress
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from server import render, statecache
+from server import control, render, statecache
 from server.expiry import ExpiryError, describe_expiry, parse_expiry  # noqa: F401 - describe_expiry re-exported
 from server.filemigration import Migration, MigrationError, migrate, needed
 from server.layout import (
@@ -258,8 +259,6 @@ def init_server(directory: str | None, ifname: str | None, endpoint: str, *, por
 
 
 def _forget_old_layout(p: Paths) -> None:
-    import shutil
-
     for f in (p.legacy_settings, p.cache):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f)
@@ -317,8 +316,6 @@ def _groups(groups) -> list[str]:
 
 def _await_daemon(p: Paths, public_key: str, present: bool, socket_dir: str | None) -> str:
     """Watch this machine's daemon (control socket, read only) until it has applied the change."""
-    from server import control
-
     hex_key = base64.b64decode(public_key).hex()
     deadline = time.monotonic() + CONFIRM_TIMEOUT
     while True:
@@ -418,8 +415,6 @@ class ClientInfo:
 
 def list_clients(directory: str | None, ifname: str | None, socket_dir: str | None = None,
                  now: float | None = None) -> list[ClientInfo]:
-    from server import control
-
     now = time.time() if now is None else now
     with open_server(directory, ifname) as srv, _errors():
         clients = srv.registry.clients()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from server.registry import Registry, RegistryError, RegistryUnavailable, Snapshot
+from server.uapi import Context, PeerChange, SetRequest, apply_set
 from tunnel.protocol.constants import KEY_LEN
 from tunnel.protocol.crypto import decode_key
 
@@ -71,8 +72,6 @@ def desired_peers(snap: Snapshot, now: float) -> dict[bytes, DesiredPeer]:
 
 def diff_request(device, desired: dict[bytes, DesiredPeer], managed: set[bytes]):
     """The uapi set request that makes DEVICE's managed peers equal DESIRED, and what it does."""
-    from server.uapi import PeerChange, SetRequest
-
     req, changes = SetRequest(), Changes()
     for key, peer in list(device.peers.items()):
         if key in managed and key not in desired:
@@ -128,8 +127,6 @@ class Reconciler:
     # -- as a service of the running interface ---------------------------------------
 
     def start(self, interface) -> "Reconciler":
-        from server.uapi import Context
-
         plane = interface.plane
         self._plane = plane
         self._ctx = Context(device=interface.device, private_key=interface.config.interface.private_key,
@@ -163,14 +160,12 @@ class Reconciler:
         result: dict = {}
 
         def in_loop() -> None:
-            from server.uapi import UapiError, apply_set
-
             try:
                 req, changes = diff_request(self._ctx.device, desired, self._managed)
                 if req.peers:
                     apply_set(req, self._ctx)
                 result["changes"] = changes
-            except (UapiError, Exception) as exc:  # noqa: BLE001 - reported to the reconciler's thread
+            except Exception as exc:  # noqa: BLE001 - reported to the reconciler's thread
                 result["error"] = exc
             finally:
                 done.set()

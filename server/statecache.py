@@ -22,7 +22,13 @@ def save(p: Paths, snap: Snapshot) -> None:
     clients = [dict(dataclasses.asdict(c), private_key=None) for c in snap.clients]
     data = {"revision": snap.revision, "settings": settings, "clients": clients,
             "gateways": [dataclasses.asdict(g) for g in snap.gateways]}
-    write_private_file(p.cache, json.dumps(data, indent=1) + "\n")
+    text = json.dumps(data, indent=1) + "\n"
+    try:
+        if read_private_file(p.cache).decode("utf-8") == text:
+            return  # each periodic pass would otherwise rewrite (and fsync) the same bytes
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_private_file(p.cache, text)
 
 
 def load(p: Paths, private_key: str) -> Snapshot | None:

@@ -247,6 +247,30 @@ def test_list_shows_live_state(srv):
     assert provision.add_client(d, IF, "carol", socket_dir=sockets).addresses[0] == "10.8.0.2/32"
 
 
+def test_a_postgres_registry_down_refuses_commands_in_one_line(tmp_path):
+    from tests.pgserver import PgServer, skip_or_fail
+
+    skip_or_fail()
+    d = str(tmp_path / "etc")
+    with PgServer.started() as pg:
+        url = pg.create_database()
+        provision.init_server(d, IF, "vpn.example.com", registry=url, gateway="gw1")
+        assert "Registry = postgresql://" in open(provision.paths(d, IF).conf).read()
+        provision.add_client(d, IF, "alice", socket_dir=str(tmp_path / "run"))
+        joined = str(tmp_path / "gw2")
+        provision.join_server(joined, IF, url, gateway="gw2")
+        assert [c.name for c in provision.list_clients(joined, IF, str(tmp_path / "run"))] == ["alice"]
+        assert load_config(provision.paths(joined, IF).conf).interface == \
+            load_config(provision.paths(d, IF).conf).interface  # same key, port, addresses
+        pg.stop()
+        res = _cli("add-client", "bob", "--no-qr", "--dir", d, "-i", IF)
+        assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1, res.output
+        assert res.stderr.startswith("tunnel: registry postgresql://postgres@/") and "unreachable" in res.stderr
+        assert "Traceback" not in res.output
+    with pytest.raises(ProvisionError, match="unreachable"):
+        provision.join_server(str(tmp_path / "gw3"), IF, url)
+
+
 # --- the old file layout -------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import secrets
@@ -41,6 +42,7 @@ from .model import (
     check_name,
 )
 from .schema import MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE
+from tunnel.protocol.crypto import DH_PUBKEY, decode_key, encode_key
 
 FAILURE_MEMORY = 86400.0  # login failures older than this are pruned
 
@@ -308,8 +310,6 @@ class SqlRegistry(Registry):
             return self._policy(tx)
 
     def set_policy(self, text: str, *, now: float | None = None) -> Policy:
-        import hashlib
-
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         with self._write() as tx:
             old = self._policy(tx)
@@ -543,6 +543,4 @@ def _settings_from(values: dict) -> ServerSettings:
 
 
 def _public_of(private_b64: str) -> str:
-    from tunnel.protocol.crypto import DH_PUBKEY, decode_key, encode_key
-
     return encode_key(DH_PUBKEY(decode_key(private_b64)))

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from typing import Iterator
 
 from tunnel.secrets import InsecureFileError, check_private_file
@@ -82,8 +83,6 @@ class SqliteRegistry(SqlRegistry):
             cur.close()
 
     def wait_for_change(self, since: int, timeout: float) -> int:
-        import time
-
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             current = self.revision()
