@@ -534,3 +534,24 @@ def test_drop_summary_reports_only_what_changed():
         assert summary.summary() is None
     finally:
         summary.close()
+
+
+def test_daemon_start_without_its_registry_serves_the_last_view(srv):
+    """A registry unreachable at `up`: IFACE.conf's peers, the cache's settings and expiries."""
+    from server import daemon
+    from server.registry import RegistryUnavailable
+
+    d, sockets = srv
+    provision.add_client(d, IF, "temp", expires="1h", socket_dir=sockets)
+    p = provision.paths(d, IF)
+    snap = daemon._offline_start(p, RegistryUnavailable("registry x is unreachable"))
+    assert snap.settings.pools == ("10.8.0.0/29", "fd08::/64") and snap.settings.sites == ("192.168.50.0/24",)
+    assert snap.client("temp").expires_at is not None and snap.client("temp").private_key is None
+    assert snap.settings.private_key == encode_key(load_config(p.conf).interface.private_key)
+    with _registry(d) as reg:
+        secrets = [reg.client("temp").private_key, reg.settings().private_key]
+    cache = open(p.cache).read()
+    assert snap.client("temp").public_key in cache and not any(k in cache for k in secrets)
+    os.unlink(p.cache)
+    bare = daemon._offline_start(p, RegistryUnavailable("registry x is unreachable"))
+    assert bare.revision == -1 and bare.settings.pools == ("10.8.0.0/29", "fd08::/64")
