@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping nftables
-          wireguard-go wireguard-tools iperf3 systemd procps)
+          wireguard-go wireguard-tools iperf3 systemd procps postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

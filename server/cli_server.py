@@ -1,9 +1,12 @@
-"""`tunnel server ...`: each command parses its arguments and calls server/provision.py.
+"""`tunnel server ...`: each command parses its arguments and calls server/provision.py or server/daemon.py.
 
 From nothing to a connected client:
-    tunnel server init --endpoint vpn.example.com
+    tunnel server init --endpoint vpn.example.com      (registry: /etc/wireguard/wg0.db)
     tunnel server up            (or: systemctl enable --now tunnel-server@wg0)
-    tunnel server add-client alice      (prints alice's config and a QR code)
+    tunnel server add-client alice --group work --expires 8h   (prints alice's config and a QR code)
+A second gateway of the same server, on a PostgreSQL registry:
+    tunnel server init --endpoint vpn.example.com --registry postgresql://tunnel@db/tunnel   (first)
+    tunnel server join --registry postgresql://tunnel@db/tunnel                              (others)
 """
 
 from __future__ import annotations
@@ -23,6 +26,25 @@ def _fail(message: str) -> click.ClickException:
     from tunnel.cli import _Fail
 
     return _Fail(message)
+
+
+def _call(fn, *args, **kwargs):
+    """Run a provisioning call; its ProvisionError becomes the one-line CLI error."""
+    from server.provision import ProvisionError
+
+    try:
+        return fn(*args, **kwargs)
+    except ProvisionError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _migrated(result) -> None:
+    migration = getattr(result, "migration", None)
+    if migration is not None:
+        click.echo(f"migrated {migration.clients} client(s) from the old files into the registry; "
+                   f"the old files are in {migration.backup}", err=True)
+        for note in migration.notes:
+            click.echo(f"  {note}", err=True)
 
 
 @click.group()
@@ -46,23 +68,54 @@ def server() -> None:
               help="Clients route only pools and sites (--split) or everything (--full).")
 @click.option("--keepalive", default=25, show_default=True, help="Clients' PersistentKeepalive (0: off).")
 @click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics there.")
+@click.option("--registry", default=None, metavar="URL|PATH",
+              help="Where the server's state lives: a SQLite file (default DIR/IFACE.db) or "
+                   "postgresql://... shared by several gateways.")
+@click.option("--name", "gateway", default=None, metavar="NAME", help="This gateway's name (default: host name).")
 @click.option("--force", is_flag=True, help="Replace an existing server (its clients are forgotten).")
 @_DIR
 @_IFACE
-def init(endpoint, port, pools, dns, sites, nat, client_to_client, split, keepalive, metrics, force,
-         directory, ifname) -> None:
-    """Create the server's keys and configuration."""
-    from server.provision import ProvisionError, init_server
+def init(endpoint, port, pools, dns, sites, nat, client_to_client, split, keepalive, metrics, registry, gateway,
+         force, directory, ifname) -> None:
+    """Create the server's keys and settings in a new registry."""
+    from server.provision import init_server, paths
 
-    try:
-        p = init_server(directory, ifname, endpoint, port=port, pools=list(pools) or None, dns=list(dns),
-                        sites=list(sites), nat=nat, client_to_client=client_to_client, full_tunnel=not split,
-                        keepalive=keepalive, metrics=metrics, force=force)
-    except ProvisionError as exc:
-        raise _fail(str(exc)) from None
-    click.echo(f"created {p.conf} and {p.settings}")
+    local = _call(init_server, directory, ifname, endpoint, port=port, pools=list(pools) or None, dns=list(dns),
+                  sites=list(sites), nat=nat, client_to_client=client_to_client, full_tunnel=not split,
+                  keepalive=keepalive, metrics=metrics, force=force, registry=registry, gateway=gateway)
+    p = _call(paths, directory, ifname)
+    click.echo(f"created the server in registry {_shown(local.registry)} and {p.conf}")
     click.echo(f"next: `tunnel server up{'' if p.ifname == 'wg0' else ' -i ' + p.ifname}` "
                f"(or systemctl enable --now tunnel-server@{p.ifname}), then `tunnel server add-client NAME`")
+
+
+def _shown(location: str) -> str:
+    from server.registry import is_postgres
+
+    if is_postgres(location):
+        from server.registry.postgres import redact
+
+        return redact(location)
+    return location
+
+
+@server.command()
+@click.option("--registry", required=True, metavar="URL", help="The registry of the server to join (postgresql://...).")
+@click.option("--name", "gateway", default=None, metavar="NAME", help="This gateway's name (default: host name).")
+@click.option("--endpoint", default=None, metavar="HOST[:PORT]", help="The address clients may dial for this gateway.")
+@click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics there.")
+@click.option("--force", is_flag=True, help="Replace this machine's existing IFACE.conf.")
+@_DIR
+@_IFACE
+def join(registry, gateway, endpoint, metrics, force, directory, ifname) -> None:
+    """Set up this machine as another gateway of the server in REGISTRY (same key, pools, clients, policy)."""
+    from server.provision import join_server, paths
+
+    local = _call(join_server, directory, ifname, registry, gateway=gateway, endpoint=endpoint, metrics=metrics,
+                  force=force)
+    p = _call(paths, directory, ifname)
+    click.echo(f"gateway {local.gateway} joined registry {_shown(local.registry)}; wrote {p.conf}")
+    click.echo(f"next: `tunnel server up{'' if p.ifname == 'wg0' else ' -i ' + p.ifname}`")
 
 
 @server.command()
@@ -71,11 +124,11 @@ def init(endpoint, port, pools, dns, sites, nat, client_to_client, split, keepal
 @_DIR
 @_IFACE
 def up(verbose, no_offload, directory, ifname) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM (NAT and forwarding included)."""
+    """Run the server in the foreground until SIGINT/SIGTERM (NAT, forwarding, following the registry)."""
     from tunnel.cli import _setup_logging
 
     _setup_logging(verbose)
-    from server.provision import run_server
+    from server.daemon import run_server
 
     failure = run_server(directory, ifname, vnet_hdr=not no_offload)
     if failure:
@@ -109,25 +162,40 @@ def _qr_options(f):
     return f
 
 
+_DAEMON_STATE = {
+    "applied": "the running server has it",
+    "not running": "the server is not running here: it loads the client when it starts",
+    "pending": "the running server has not applied it yet (it follows the registry: check `tunnel server list`)",
+}
+
+
 @server.command("add-client")
 @click.argument("name")
+@click.option("--group", "groups", multiple=True, metavar="GROUP",
+              help="A group of the access policy (repeatable, or comma-separated).")
+@click.option("--expires", default=None, metavar="WHEN",
+              help="Remove the client then: 8h, 90m, 2d, 1w, a date (2026-12-31, through that day) "
+                   "or a local time (2026-12-31T18:00).")
 @click.option("--split/--full", "split", default=None,
               help="Override the server's default: route only pools and sites, or everything.")
 @_qr_options
 @_DIR
 @_IFACE
-def add_client(name, split, png, svg, qr, invert, directory, ifname) -> None:
-    """Create client NAME, add it to the running server, print its config and QR code."""
-    from server.provision import ProvisionError, add_client as add
+def add_client(name, groups, expires, split, png, svg, qr, invert, directory, ifname) -> None:
+    """Create client NAME (next free addresses, keys, PSK), print its config and QR code."""
+    from server.provision import add_client as add, describe_expiry
 
-    try:
-        added = add(directory, ifname, name, split=split)
-    except ProvisionError as exc:
-        raise _fail(str(exc)) from None
+    added = _call(add, directory, ifname, name, groups=groups, expires=expires, split=split)
+    _migrated(added)
     click.echo(added.config_text)
     _show_qr(added.config_text, png, svg, qr, invert)
-    where = "added to the running server" if added.live else "the server is not running: it loads the client when it starts"
-    click.echo(f"client {name}: {', '.join(added.addresses)}; config in {added.path}; {where}", err=True)
+    extra = []
+    if added.groups:
+        extra.append("groups " + ",".join(added.groups))
+    if added.expires_at is not None:
+        extra.append(describe_expiry(added.expires_at, time.time()))
+    click.echo(f"client {name}: {', '.join(added.addresses)}"
+               + "".join(f"; {x}" for x in extra) + f"; {_DAEMON_STATE[added.daemon]}", err=True)
 
 
 @server.command("show-client")
@@ -137,14 +205,37 @@ def add_client(name, split, png, svg, qr, invert, directory, ifname) -> None:
 @_IFACE
 def show_client(name, png, svg, qr, invert, directory, ifname) -> None:
     """Print client NAME's config and QR code again."""
-    from server.provision import ProvisionError, client_config
+    from server.provision import client_config
 
-    try:
-        text = client_config(directory, ifname, name)
-    except ProvisionError as exc:
-        raise _fail(str(exc)) from None
+    text = _call(client_config, directory, ifname, name)
     click.echo(text)
     _show_qr(text, png, svg, qr, invert)
+
+
+@server.command("set-groups")
+@click.argument("name")
+@click.argument("groups", default="", metavar="GROUP[,GROUP...]")
+@_DIR
+@_IFACE
+def set_groups(name, groups, directory, ifname) -> None:
+    """Put client NAME in exactly these groups (an empty list: none)."""
+    from server.provision import set_groups as setg
+
+    client = _call(setg, directory, ifname, name, groups)
+    click.echo(f"client {name}: groups {','.join(client.groups) or '(none)'}", err=True)
+
+
+@server.command("set-expiry")
+@click.argument("name")
+@click.argument("when", metavar="WHEN|never")
+@_DIR
+@_IFACE
+def set_expiry(name, when, directory, ifname) -> None:
+    """Change when client NAME expires (as add-client's --expires), or `never`."""
+    from server.provision import describe_expiry, set_expiry as sete
+
+    client = _call(sete, directory, ifname, name, when)
+    click.echo(f"client {name}: {describe_expiry(client.expires_at, time.time())}", err=True)
 
 
 @server.command("remove-client")
@@ -152,14 +243,11 @@ def show_client(name, png, svg, qr, invert, directory, ifname) -> None:
 @_DIR
 @_IFACE
 def remove_client(name, directory, ifname) -> None:
-    """Remove client NAME; a running server ends its session at once."""
-    from server.provision import ProvisionError, remove_client as remove
+    """Remove client NAME; every gateway ends its session within seconds (this one before returning)."""
+    from server.provision import remove_client as remove
 
-    try:
-        live = remove(directory, ifname, name)
-    except ProvisionError as exc:
-        raise _fail(str(exc)) from None
-    click.echo(f"client {name} removed" + (" (its session ended)" if live else ""), err=True)
+    state = _call(remove, directory, ifname, name)
+    click.echo(f"client {name} removed" + (" (its session ended)" if state == "applied" else ""), err=True)
 
 
 @server.command("list")
@@ -167,25 +255,31 @@ def remove_client(name, directory, ifname) -> None:
 @_DIR
 @_IFACE
 def list_(as_json, directory, ifname) -> None:
-    """The clients, their addresses and latest handshakes."""
+    """The clients: addresses, groups, expiry and latest handshakes on this gateway."""
     from dataclasses import asdict
 
-    from server.provision import ProvisionError, list_clients
+    from server.provision import describe_expiry, list_clients
 
-    try:
-        clients = list_clients(directory, ifname)
-    except ProvisionError as exc:
-        raise _fail(str(exc)) from None
+    now = time.time()
+    clients = _call(list_clients, directory, ifname)
     if as_json:
         click.echo(json.dumps([asdict(c) for c in clients], indent=2))
         return
     from tunnel.show import ago, human_bytes
 
     for c in clients:
-        state = "server not running" if not c.online else (
-            f"latest handshake {ago(c.latest_handshake, time.time())}, "
-            f"{human_bytes(c.rx_bytes)} received, {human_bytes(c.tx_bytes)} sent"
-            + (f", from {c.endpoint}" if c.endpoint else ""))
-        click.echo(f"{c.name:<16} {', '.join(c.addresses):<36} {state}")
+        if c.disabled:
+            state = "disabled"
+        elif c.expired:
+            state = "expired"
+        elif not c.online:
+            state = "not on the running server"
+        else:
+            state = (f"latest handshake {ago(c.latest_handshake, now)}, "
+                     f"{human_bytes(c.rx_bytes)} received, {human_bytes(c.tx_bytes)} sent"
+                     + (f", from {c.endpoint}" if c.endpoint else ""))
+        groups = ",".join(c.groups) or "-"
+        expiry = describe_expiry(c.expires_at, now) if c.expires_at is not None else "no expiry"
+        click.echo(f"{c.name:<16} {', '.join(c.addresses):<32} {groups:<20} {expiry:<40} {state}")
     if not clients:
         click.echo("no clients yet: `tunnel server add-client NAME`")

@@ -1,165 +1,155 @@
-"""Server provisioning: `tunnel server init / add-client / remove-client / list / up`.
-
-Files, all in one directory (default /etc/wireguard, beside wg-quick's):
-    IFACE.conf            the server's wg-quick file (0600): its key, ListenPort,
-                          Address (first host of each pool), one [Peer] per
-                          client named by a `# Name = ...` comment. Nothing in it
-                          is ours alone, so `wg-quick up IFACE` can run it too.
-    IFACE.server.json     what only provisioning and the gateway need (0600):
-                          endpoint clients dial, pools, DNS to hand out, site
-                          subnets, NAT and client-to-client switches, keepalive.
-    IFACE.clients/NAME.conf   each client's wg-quick file (0600; its private key).
-    .IFACE.lock           flock()ed by every command that changes the files.
+"""Server provisioning on the registry: init, join, add-client, set-groups, set-expiry, remove-client,
+list, show-client. The CLI (server/cli_server.py) calls these; each returns values or raises
+ProvisionError with one line for the user.
 
 Rules kept here:
-- nothing half-written: every file is replaced atomically (write_private_file);
-  add-client writes the client file, then the server file, then tells the
-  running daemon; if the daemon refuses, both files are put back as they were;
-- the running daemon is changed through the control socket only (UAPI set),
-  so other clients' sessions are untouched; a daemon that is not running
-  simply reads the files when it starts;
-- every mistake is a ProvisionError with a message for the user; key
-  material never appears in one.
+- the registry is the truth and every command is one registry transaction
+  (address allocation included); IFACE.conf is regenerated from it
+  afterwards (render.py, atomically, never older than the file it replaces);
+- the running daemon learns of a change from the registry itself (its
+  reconciler, server/reconcile.py), on this gateway and every other; the
+  control socket is only read, to tell the user when this machine's daemon
+  has applied the change;
+- a server of the old file layout is migrated on first use (filemigration.py);
+- key material never appears in a message.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import fcntl
 import ipaddress
-import json
 import os
-import re
-from dataclasses import asdict, dataclass, field
+import shutil
+import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
-from tunnel.config import (
-    Config,
-    ConfigError,
-    InterfaceConfig,
-    PeerConfig,
-    load_config,
-    parse_config,
+from server import control, render, statecache
+from server.expiry import ExpiryError, describe_expiry, parse_expiry  # noqa: F401 - describe_expiry re-exported
+from server.filemigration import Migration, MigrationError, migrate, needed
+from server.layout import (
+    DEFAULT_DIR,  # noqa: F401 - re-exported for callers
+    DEFAULT_IFACE,  # noqa: F401
+    LayoutError,
+    Local,
+    Paths,
+    default_gateway_name,
+    locked,
+    paths as _paths,
+    read_local,
 )
+from server.registry import (
+    Client,
+    Registry,
+    RegistryError,
+    ServerSettings,
+    Snapshot,
+    check_name,
+    is_postgres,
+    open_registry,
+)
+from tunnel.config import ConfigError, parse_config
 from tunnel.protocol.crypto import DH_GENERATE, DH_PUBKEY, encode_key
-from tunnel.secrets import read_private_file, write_private_file
+from tunnel.secrets import write_private_file
 
-DEFAULT_DIR = "/etc/wireguard"
-DEFAULT_IFACE = "wg0"
 DEFAULT_PORT = 51820
 DEFAULT_POOL4 = "10.8.0.0/24"
 DEFAULT_KEEPALIVE = 25
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-_IFACE = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
+CONFIRM_TIMEOUT = 5.0  # seconds add/remove-client waits to see this machine's daemon apply the change
 
 
 class ProvisionError(RuntimeError):
     """A provisioning step we refuse or could not do; str() is the message for the user."""
 
 
-@dataclass
-class Settings:
-    """IFACE.server.json."""
-
-    endpoint: str  # host clients dial, without port
-    port: int = DEFAULT_PORT  # port clients dial (the listen port unless behind a port forward)
-    pools: list[str] = field(default_factory=list)
-    dns: list[str] = field(default_factory=list)
-    sites: list[str] = field(default_factory=list)
-    nat: bool = True
-    client_to_client: bool = False
-    keepalive: int = DEFAULT_KEEPALIVE
-    full_tunnel: bool = True  # clients send everything (0.0.0.0/0, ::/0) unless --split
-
-    def client_allowed_ips(self, split: bool | None = None) -> list[str]:
-        split = (not self.full_tunnel) if split is None else split
-        if split:
-            return [str(ipaddress.ip_network(p)) for p in self.pools + self.sites]
-        families = {ipaddress.ip_network(p).version for p in self.pools}
-        return [n for v, n in ((4, "0.0.0.0/0"), (6, "::/0")) if v in families]
-
-
-@dataclass
-class Paths:
-    directory: str
-    ifname: str
-
-    @property
-    def conf(self) -> str:
-        return os.path.join(self.directory, f"{self.ifname}.conf")
-
-    @property
-    def settings(self) -> str:
-        return os.path.join(self.directory, f"{self.ifname}.server.json")
-
-    @property
-    def clients(self) -> str:
-        return os.path.join(self.directory, f"{self.ifname}.clients")
-
-    def client(self, name: str) -> str:
-        return os.path.join(self.clients, f"{name}.conf")
-
-    @property
-    def lock(self) -> str:
-        return os.path.join(self.directory, f".{self.ifname}.lock")
-
-
-@dataclass
-class ClientInfo:
-    name: str
-    public_key: str
-    addresses: list[str]
-    endpoint: str | None = None
-    latest_handshake: int = 0  # UNIX seconds, 0: never
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    online: bool = False  # the running daemon knows this peer
-
-
-# --- helpers ------------------------------------------------------------------------
-
-
 def paths(directory: str | None, ifname: str | None) -> Paths:
-    ifname = ifname or DEFAULT_IFACE
-    if not _IFACE.fullmatch(ifname):
-        raise ProvisionError(f"{ifname!r} is not an interface name (1-15 of a-z A-Z 0-9 _ = + . -)")
-    return Paths(directory or DEFAULT_DIR, ifname)
-
-
-def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name or ""):
-        raise ProvisionError(
-            f"client name {name!r}: use 1-32 of letters, digits, '_', '.', '-', starting with a letter or digit")
-    return name
+    try:
+        return _paths(directory, ifname)
+    except LayoutError as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 @contextlib.contextmanager
-def _locked(p: Paths) -> Iterator[None]:
+def _errors() -> Iterator[None]:
     try:
-        fd = os.open(p.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        raise ProvisionError(f"{p.directory} does not exist: run `tunnel server init` first") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _load(p: Paths) -> tuple[Config, Settings]:
-    if not os.path.exists(p.conf) or not os.path.exists(p.settings):
-        raise ProvisionError(f"no server {p.ifname} in {p.directory}: run `tunnel server init` first")
-    try:
-        config = load_config(p.conf)
-    except ConfigError as exc:
+    except (RegistryError, LayoutError, MigrationError, ExpiryError, render.RenderError) as exc:
         raise ProvisionError(str(exc)) from None
+
+
+# --- opening a server ----------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    paths: Paths
+    local: Local
+    registry: Registry
+    migration: Migration | None = None  # set when this open migrated the old files
+
+    def close(self) -> None:
+        self.registry.close()
+
+
+def locate(p: Paths) -> tuple[Local, Migration | None]:
+    """Where this server's registry is; migrates the old file layout first if that is what is there."""
+    local = read_local(p)
+    if local is not None:
+        return local, None
+    if not os.path.isdir(p.directory):
+        raise ProvisionError(f"no server {p.ifname} in {p.directory}: run `tunnel server init` first")
+    with _errors(), locked(p):
+        local = read_local(p)  # another command may have migrated meanwhile
+        if local is not None:
+            return local, None
+        if needed(p):
+            gateway = default_gateway_name()
+            result = migrate(p, gateway)
+            local = Local(registry=p.db, gateway=gateway)
+            with open_registry(p.db, create=False) as reg:
+                _publish_locked(p, reg.snapshot(), local, time.time())
+            return local, result
+        if os.path.exists(p.db):  # IFACE.conf lost: the registry beside it is the truth
+            return Local(registry=p.db, gateway=default_gateway_name()), None
+    raise ProvisionError(f"no server {p.ifname} in {p.directory}: run `tunnel server init` first")
+
+
+@contextlib.contextmanager
+def open_server(directory: str | None, ifname: str | None) -> Iterator[Server]:
+    p = paths(directory, ifname)
+    local, migration = locate(p)
+    with _errors():
+        reg = open_registry(local.registry, create=False)
     try:
-        data = json.loads(read_private_file(p.settings))
-        settings = Settings(**data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ProvisionError(f"{p.settings}: cannot use it: {exc}") from None
-    return config, settings
+        yield Server(p, local, reg, migration)
+    finally:
+        reg.close()
+
+
+def publish(p: Paths, snap: Snapshot, local: Local, now: float | None = None) -> bool:
+    """Regenerate IFACE.conf (and the daemon's cache) from SNAP; False if the file was newer or the same."""
+    with _errors(), locked(p):
+        return _publish_locked(p, snap, local, time.time() if now is None else now)
+
+
+def _publish_locked(p: Paths, snap: Snapshot, local: Local, now: float) -> bool:
+    current = read_local(p)
+    if current is not None and current.revision is not None and current.revision > snap.revision:
+        return False  # a later change already wrote a newer file
+    text = render.server_config(snap, local, now)
+    try:
+        with open(p.conf, encoding="utf-8") as f:
+            same = f.read() == text
+    except FileNotFoundError:
+        same = False
+    if not same:
+        write_private_file(p.conf, text)
+    statecache.save(p, snap)
+    return not same
+
+
+# --- init and join -------------------------------------------------------------------
 
 
 def _random_ula() -> str:
@@ -191,14 +181,37 @@ def _network(text: str, what: str) -> str:
         raise ProvisionError(f"{what} {text!r}: {exc}") from None
 
 
-# --- init ---------------------------------------------------------------------------
+def _check_metrics(metrics: str | None) -> None:
+    if metrics:
+        from server.metrics import MetricsError, parse_address
+
+        try:
+            parse_address(metrics)
+        except MetricsError as exc:
+            raise ProvisionError(str(exc)) from None
+
+
+def _gateway_name(name: str | None) -> str:
+    with _errors():
+        return check_name("gateway", name or default_gateway_name())
+
+
+def _registry_location(p: Paths, registry: str | None) -> str:
+    if not registry:
+        return p.db
+    if is_postgres(registry):
+        return registry
+    if "://" in registry:
+        raise ProvisionError(f"registry {registry.split('://')[0]}://...: give a file path or a postgresql:// URL")
+    return os.path.abspath(registry)
 
 
 def init_server(directory: str | None, ifname: str | None, endpoint: str, *, port: int = DEFAULT_PORT,
                 pools: list[str] | None = None, dns: list[str] = (), sites: list[str] = (),
                 nat: bool = True, client_to_client: bool = False, full_tunnel: bool = True,
-                keepalive: int = DEFAULT_KEEPALIVE, metrics: str | None = None, force: bool = False) -> Paths:
-    """Create the server's key, config and settings. Refuses to overwrite unless FORCE."""
+                keepalive: int = DEFAULT_KEEPALIVE, metrics: str | None = None, force: bool = False,
+                registry: str | None = None, gateway: str | None = None) -> Local:
+    """Create the server's key and settings in a new registry (SQLite beside the config unless REGISTRY)."""
     p = paths(directory, ifname)
     if not 0 < port < 65536:
         raise ProvisionError("the listen port must be from 1 to 65535")
@@ -207,8 +220,7 @@ def init_server(directory: str | None, ifname: str | None, endpoint: str, *, por
     if len({ipaddress.ip_network(x).version for x in pools}) != len(pools):
         raise ProvisionError("give at most one IPv4 and one IPv6 pool")
     for x in pools:
-        net = ipaddress.ip_network(x)
-        if net.num_addresses < 4:
+        if ipaddress.ip_network(x).num_addresses < 4:
             raise ProvisionError(f"pool {x} is too small for a server and a client")
     sites = [_network(x, "site subnet") for x in sites]
     dns_list = []
@@ -219,180 +231,205 @@ def init_server(directory: str | None, ifname: str | None, endpoint: str, *, por
             raise ProvisionError(f"DNS {d!r} is not an IP address") from None
     if not 0 <= keepalive <= 65535:
         raise ProvisionError("keepalive must be from 0 to 65535 seconds")
-    if metrics:
-        from server.metrics import MetricsError, parse_address
-
-        try:
-            parse_address(metrics)
-        except MetricsError as exc:
-            raise ProvisionError(str(exc)) from None
-    if not force and (os.path.exists(p.conf) or os.path.exists(p.settings)):
-        raise ProvisionError(f"{p.conf} already exists (use --force to replace it and forget its clients)")
+    _check_metrics(metrics)
+    name = _gateway_name(gateway)
+    location = _registry_location(p, registry)
+    existing = [f for f in (p.conf, p.legacy_settings) if os.path.exists(f)]
+    if os.path.exists(p.db) and location == p.db:
+        existing.append(p.db)
+    if existing and not force:
+        raise ProvisionError(f"{existing[0]} already exists (use --force to replace it and forget its clients)")
     os.makedirs(p.directory, mode=0o700, exist_ok=True)
-    with _locked(p):
-        addresses = [ipaddress.ip_interface(f"{next(ipaddress.ip_network(x).hosts())}/{ipaddress.ip_network(x).prefixlen}")
-                     for x in pools]
-        iface = InterfaceConfig(private_key=DH_GENERATE(os.urandom(32)), listen_port=port, addresses=addresses)
-        if metrics:
-            iface.extensions["MetricsAddress"] = [metrics]
-        config = Config(interface=iface, name=p.ifname)
-        settings = Settings(endpoint=host, port=dial_port or port, pools=pools, dns=dns_list, sites=sites,
-                            nat=nat, client_to_client=client_to_client, keepalive=keepalive,
-                            full_tunnel=full_tunnel)
-        os.makedirs(p.clients, mode=0o700, exist_ok=True)
-        write_private_file(p.settings, json.dumps(asdict(settings), indent=2) + "\n")
-        write_private_file(p.conf, config.to_text())
-    return p
+    settings = ServerSettings(private_key=encode_key(DH_GENERATE(os.urandom(32))), endpoint=host,
+                              port=dial_port or port, listen_port=port, pools=tuple(pools), dns=tuple(dns_list),
+                              sites=tuple(sites), nat=nat, client_to_client=client_to_client, keepalive=keepalive,
+                              full_tunnel=full_tunnel)
+    with _errors(), locked(p):
+        if force:
+            _forget_old_layout(p)
+        reg = open_registry(location)
+        try:
+            reg.initialize(settings, force=force)
+            reg.register_gateway(name, endpoint=endpoint, options={"metrics": metrics} if metrics else {})
+            local = Local(registry=location, gateway=name)
+            _publish_locked(p, reg.snapshot(), local, time.time())
+        finally:
+            reg.close()
+    return local
 
 
-# --- clients ------------------------------------------------------------------------
+def _forget_old_layout(p: Paths) -> None:
+    for f in (p.legacy_settings, p.cache):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f)
+    shutil.rmtree(p.legacy_clients, ignore_errors=True)
 
 
-def _used_addresses(config: Config) -> set:
-    used = {a.ip for a in config.interface.addresses}
-    for peer in config.peers:
-        used |= {a.ip for a in peer.allowed_ips}
-    return used
+def join_server(directory: str | None, ifname: str | None, registry: str, *, gateway: str | None = None,
+                endpoint: str | None = None, metrics: str | None = None, force: bool = False) -> Local:
+    """Make this machine another gateway of the server whose registry is REGISTRY."""
+    p = paths(directory, ifname)
+    if endpoint:
+        _split_endpoint(endpoint)
+    _check_metrics(metrics)
+    name = _gateway_name(gateway)
+    location = _registry_location(p, registry)
+    if os.path.exists(p.conf) and not force:
+        raise ProvisionError(f"{p.conf} already exists (use --force to replace it with this registry's)")
+    os.makedirs(p.directory, mode=0o700, exist_ok=True)
+    with _errors(), locked(p):
+        reg = open_registry(location, create=False)
+        try:
+            if not reg.initialized():
+                raise ProvisionError(f"registry {reg.location} holds no server yet: run `tunnel server init "
+                                     "--registry ...` on the first gateway")
+            reg.register_gateway(name, endpoint=endpoint, options={"metrics": metrics} if metrics else {})
+            local = Local(registry=location, gateway=name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p.conf)  # --force: the new registry's file replaces it whatever its revision
+            _publish_locked(p, reg.snapshot(), local, time.time())
+        finally:
+            reg.close()
+    return local
 
 
-def _next_free(pool: str, used: set):
-    net = ipaddress.ip_network(pool)
-    for host in net.hosts():
-        if host not in used:
-            return host
-    raise ProvisionError(f"pool {pool} is full")
-
-
-def _client_text(config: Config, settings: Settings, private_key: bytes, psk: bytes,
-                 addresses: list, split: bool | None) -> str:
-    iface = InterfaceConfig(private_key=private_key, addresses=addresses,
-                            dns=[ipaddress.ip_address(d) for d in settings.dns])
-    server = PeerConfig(
-        public_key=config.interface.public_key,
-        preshared_key=psk,
-        allowed_ips=[ipaddress.ip_interface(n) for n in settings.client_allowed_ips(split)],
-        endpoint=(settings.endpoint, settings.port),
-        persistent_keepalive=settings.keepalive or None,
-    )
-    return Config(interface=iface, peers=[server]).to_text()
-
-
-def _peer_request(peer: PeerConfig) -> str:
-    lines = ["set=1", f"public_key={peer.public_key.hex()}"]
-    if peer.name:
-        lines.append(f"name={peer.name}")
-    if peer.preshared_key:
-        lines.append(f"preshared_key={peer.preshared_key.hex()}")
-    lines.append("replace_allowed_ips=true")
-    lines += [f"allowed_ip={n}" for n in peer.allowed_networks()]
-    return "\n".join(lines)
-
-
-def _tell_daemon(p: Paths, text: str, socket_dir: str | None) -> str | None:
-    """Send a set request; None if applied, 'not running' if no daemon, raise if refused."""
-    from server import control
-
-    try:
-        answer = control.request(p.ifname, text, socket_dir or control.SOCKET_DIR)
-    except control.ControlError:
-        return "not running"
-    code = control.answer_errno(answer)
-    if code:
-        raise ProvisionError(f"the running {p.ifname} refused the change: {os.strerror(code)}")
-    return None
+# --- clients -------------------------------------------------------------------------
 
 
 @dataclass
 class AddedClient:
     name: str
-    path: str
     config_text: str
     addresses: list[str]
-    live: bool  # the running daemon has the peer now
+    groups: tuple[str, ...]
+    expires_at: float | None
+    daemon: str  # "applied", "not running" or "pending" (this machine's daemon)
+    migration: Migration | None = None
 
 
-def add_client(directory: str | None, ifname: str | None, name: str, *, split: bool | None = None,
-               socket_dir: str | None = None) -> AddedClient:
-    p = paths(directory, ifname)
-    check_name(name)
-    with _locked(p):
-        config, settings = _load(p)
-        if any(peer.name == name for peer in config.peers) or os.path.exists(p.client(name)):
-            raise ProvisionError(f"a client named {name!r} already exists")
-        used = _used_addresses(config)
-        addresses = []
-        for pool in settings.pools:
-            host = _next_free(pool, used)
-            addresses.append(ipaddress.ip_interface(f"{host}/{host.max_prefixlen}"))
+def _groups(groups) -> list[str]:
+    out: list[str] = []
+    for item in groups or ():
+        out += [g.strip() for g in item.split(",") if g.strip()]
+    return out
+
+
+def _await_daemon(p: Paths, public_key: str, present: bool, socket_dir: str | None) -> str:
+    """Watch this machine's daemon (control socket, read only) until it has applied the change."""
+    hex_key = base64.b64decode(public_key).hex()
+    deadline = time.monotonic() + CONFIRM_TIMEOUT
+    while True:
+        try:
+            _, peers = control.parse_get(control.request(p.ifname, "get=1", socket_dir or control.SOCKET_DIR))
+        except control.ControlError:
+            return "not running"
+        if any(x["public_key"] == hex_key for x in peers) == present:
+            return "applied"
+        if time.monotonic() > deadline:
+            return "pending"
+        time.sleep(0.05)
+
+
+def add_client(directory: str | None, ifname: str | None, name: str, *, groups=(), expires: str | None = None,
+               split: bool | None = None, socket_dir: str | None = None, now: float | None = None) -> AddedClient:
+    now = time.time() if now is None else now
+    with _errors():
+        check_name("client", name)
+        group_list = _groups(groups)
+        for g in group_list:
+            check_name("group", g)
+        expires_at = parse_expiry(expires, now) if expires else None
+    with open_server(directory, ifname) as srv, _errors():
         private_key = DH_GENERATE(os.urandom(32))
-        psk = os.urandom(32)
-        text = _client_text(config, settings, private_key, psk, addresses, split)
-        parse_config(text, filename=f"{name}.conf")  # what we hand out must read back
-        peer = PeerConfig(public_key=DH_PUBKEY(private_key), preshared_key=psk,
-                          allowed_ips=list(addresses), name=name)
-        old_server_text = config.to_text()
-        config.peers.append(peer)
-        os.makedirs(p.clients, mode=0o700, exist_ok=True)
-        write_private_file(p.client(name), text)
+        options = {} if split is None else {"split": split}
+        client = srv.registry.add_client(name, encode_key(DH_PUBKEY(private_key)),
+                                         preshared_key=encode_key(os.urandom(32)),
+                                         private_key=encode_key(private_key), groups=group_list,
+                                         expires_at=expires_at, options=options, now=now)
+        snap = srv.registry.snapshot()
+        text = render.client_config(snap.settings, client)
         try:
-            write_private_file(p.conf, config.to_text())
-            status = _tell_daemon(p, _peer_request(peer), socket_dir)
-        except BaseException:
-            write_private_file(p.conf, old_server_text)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p.client(name))
-            raise
-    return AddedClient(name, p.client(name), text, [str(a) for a in addresses], live=status is None)
+            parse_config(text, filename=f"{name}.conf")  # what we hand out must read back
+        except ConfigError as exc:
+            srv.registry.remove_client(name)
+            raise ProvisionError(f"internal error, client {name} not added: {exc}") from None
+        publish(srv.paths, snap, srv.local)
+        state = _await_daemon(srv.paths, client.public_key, True, socket_dir)
+        return AddedClient(name, text, client.addresses, client.groups, client.expires_at, state, srv.migration)
 
 
-def remove_client(directory: str | None, ifname: str | None, name: str,
-                  socket_dir: str | None = None) -> bool:
-    """Remove NAME from the files and the running daemon; True if a running daemon dropped it."""
-    p = paths(directory, ifname)
-    check_name(name)
-    with _locked(p):
-        config, _ = _load(p)
-        peer = next((x for x in config.peers if x.name == name), None)
-        if peer is None:
-            raise ProvisionError(f"no client named {name!r}")
-        old_server_text = config.to_text()
-        config.peers.remove(peer)
-        write_private_file(p.conf, config.to_text())
-        try:
-            status = _tell_daemon(p, f"set=1\npublic_key={peer.public_key.hex()}\nremove=true", socket_dir)
-        except BaseException:
-            write_private_file(p.conf, old_server_text)
-            raise
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p.client(name))
-    return status is None
+def remove_client(directory: str | None, ifname: str | None, name: str, socket_dir: str | None = None) -> str:
+    """Remove NAME; this machine's daemon state afterwards ("applied": its session ended)."""
+    with _errors():
+        check_name("client", name)
+    with open_server(directory, ifname) as srv, _errors():
+        client = srv.registry.remove_client(name)
+        publish(srv.paths, srv.registry.snapshot(), srv.local)
+        return _await_daemon(srv.paths, client.public_key, False, socket_dir)
+
+
+def set_groups(directory: str | None, ifname: str | None, name: str, groups) -> Client:
+    with _errors():
+        group_list = _groups([groups] if isinstance(groups, str) else groups)
+        for g in group_list:
+            check_name("group", g)
+    with open_server(directory, ifname) as srv, _errors():
+        client = srv.registry.set_groups(name, group_list)
+        publish(srv.paths, srv.registry.snapshot(), srv.local)
+        return client
+
+
+def set_expiry(directory: str | None, ifname: str | None, name: str, expires: str,
+               now: float | None = None) -> Client:
+    now = time.time() if now is None else now
+    with _errors():
+        expires_at = parse_expiry(expires, now)
+    with open_server(directory, ifname) as srv, _errors():
+        client = srv.registry.set_expiry(name, expires_at)
+        publish(srv.paths, srv.registry.snapshot(), srv.local)
+        return client
 
 
 def client_config(directory: str | None, ifname: str | None, name: str) -> str:
-    p = paths(directory, ifname)
-    check_name(name)
-    try:
-        return read_private_file(p.client(name)).decode("utf-8")
-    except FileNotFoundError:
-        raise ProvisionError(f"no client named {name!r} in {p.clients}") from None
+    with _errors():
+        check_name("client", name)
+    with open_server(directory, ifname) as srv, _errors():
+        return render.client_config(srv.registry.settings(), srv.registry.client(name))
 
 
-def list_clients(directory: str | None, ifname: str | None, socket_dir: str | None = None) -> list[ClientInfo]:
-    from server import control
+@dataclass
+class ClientInfo:
+    name: str
+    public_key: str
+    addresses: list[str]
+    groups: list[str] = field(default_factory=list)
+    expires_at: float | None = None
+    expired: bool = False
+    disabled: bool = False
+    endpoint: str | None = None
+    latest_handshake: int = 0  # UNIX seconds, 0: never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    online: bool = False  # this machine's running daemon holds this peer
 
-    p = paths(directory, ifname)
-    config, _ = _load(p)
-    live: dict[str, dict] = {}
-    try:
-        _, peers = control.parse_get(control.request(p.ifname, "get=1", socket_dir or control.SOCKET_DIR))
-        live = {str(x["public_key"]): x for x in peers}
-    except control.ControlError:
-        pass
+
+def list_clients(directory: str | None, ifname: str | None, socket_dir: str | None = None,
+                 now: float | None = None) -> list[ClientInfo]:
+    now = time.time() if now is None else now
+    with open_server(directory, ifname) as srv, _errors():
+        clients = srv.registry.clients()
+        live: dict[str, dict] = {}
+        try:
+            _, peers = control.parse_get(control.request(srv.paths.ifname, "get=1",
+                                                         socket_dir or control.SOCKET_DIR))
+            live = {str(x["public_key"]): x for x in peers}
+        except control.ControlError:
+            pass
     out = []
-    for peer in config.peers:
-        info = ClientInfo(name=peer.name or encode_key(peer.public_key)[:8], public_key=encode_key(peer.public_key),
-                          addresses=[str(a) for a in peer.allowed_ips])
-        state = live.get(peer.public_key.hex())
+    for c in clients:
+        info = ClientInfo(name=c.name, public_key=c.public_key, addresses=c.addresses, groups=list(c.groups),
+                          expires_at=c.expires_at, expired=c.expired(now), disabled=c.disabled)
+        state = live.get(base64.b64decode(c.public_key).hex())
         if state is not None:
             info.online = True
             info.endpoint = state.get("endpoint")  # type: ignore[assignment]
@@ -401,24 +438,3 @@ def list_clients(directory: str | None, ifname: str | None, socket_dir: str | No
             info.tx_bytes = int(state.get("tx_bytes", 0))  # type: ignore[arg-type]
         out.append(info)
     return out
-
-
-# --- running the server -------------------------------------------------------------
-
-
-def run_server(directory: str | None, ifname: str | None, **up_options) -> str | None:
-    """`tunnel up IFACE.conf` plus the NAT gateway from the settings; None or the failure message."""
-    from server.gateway import apply_gateway
-    from tunnel.runner import run_up
-
-    try:
-        p = paths(directory, ifname)
-        _, settings = _load(p)
-    except ProvisionError as exc:
-        return str(exc)
-
-    def gateway(interface) -> None:
-        apply_gateway(interface.journal, interface.name, settings.pools, masquerade=settings.nat,
-                      allow_client_to_client=settings.client_to_client)
-
-    return run_up(p.conf, extra_setup=[gateway], **up_options)

@@ -34,3 +34,21 @@ def netns_factory() -> Iterator[Callable[[str], Topology]]:
             return stack.enter_context(topology(prefix))
 
         yield make
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL per test process (tests/pgserver.py), stopped at the end."""
+    from tests.pgserver import PgServer, skip_or_fail
+
+    skip_or_fail()
+    with PgServer.started() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_location(request, tmp_path) -> str:
+    """Where a fresh, empty registry lives: a SQLite file, or a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.db")
+    return request.getfixturevalue("pg_server").create_database()

@@ -61,6 +61,9 @@ class Options:
     killswitch: bool | None = None  # None: on for full-tunnel configs
     on_ready: Callable[["Interface"], None] | None = None
     extra_setup: list[Callable[["Interface"], None]] = field(default_factory=list)
+    # Started after the built-in services, once the data plane exists; each returns
+    # an object whose close() is called (newest first) before tear-down.
+    services: list[Callable[["Interface"], object]] = field(default_factory=list)
 
 
 class Interface:
@@ -212,6 +215,8 @@ class Interface:
             from server.services import start_services
 
             services = start_services(self)
+            for start in self.options.services:
+                services.append(start(self))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 old[sig] = signal.signal(sig, lambda s, f: self.plane.stop())
             if self.options.on_ready:

@@ -12,13 +12,16 @@
 Checked: init -> up -> add-client -> ping through the tunnel; `wg show`
 against our socket lists the right peers and counters; `tunnel show --json`
 names them; `wg set` adds a peer that connects; remove-client ends a session
-at once; add-client does not disturb a transfer already running.
+at once; add-client does not disturb a transfer already running; a client
+past its expiry is removed and can no longer handshake; with a PostgreSQL
+registry, changes made from another gateway's command line reach the daemon.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,7 +40,7 @@ SERVER_TUN = "10.8.0.1"
 class Server:
     """`tunnel server` in namespace [s], its files under WORKDIR/srv."""
 
-    def __init__(self, topo, tmp_path, split: bool = False, extra: tuple[str, ...] = ()):
+    def __init__(self, topo, tmp_path, split: bool = False, extra: tuple[str, ...] = (), init: bool = True):
         self.topo = topo
         self.s = topo.netns("s")
         self.c = topo.netns("c")
@@ -52,7 +55,8 @@ class Server:
             args += ["--pool", pool]
         if split:
             args.append("--split")
-        self.cli(*args, *extra)
+        if init:
+            self.cli(*args, *extra)
         self.proc = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -84,7 +88,7 @@ class Server:
     def add_client(self, name: str, *extra: str) -> str:
         """add-client NAME; returns the client's config text as printed."""
         res = self.cli("add-client", name, "--no-qr", *extra)
-        assert "added to the running server" in res.stderr, res.stderr
+        assert "the running server has it" in res.stderr, res.stderr
         return res.stdout
 
     def wg_dump(self) -> dict[str, list[str]]:
@@ -174,7 +178,7 @@ def test_init_add_client_connect_show_and_remove(netns_factory, tmp_path):
     res = srv.c.run(["ping", "-c", "2", "-W", "1", SERVER_TUN], check=False)
     assert res.returncode != 0, res.stdout
     assert "peer alice: removed" in srv.log()
-    assert not os.path.exists(os.path.join(srv.dir, f"{srv.ifname}.clients", "alice.conf"))
+    assert "no client named 'alice'" in srv.cli("show-client", "alice", check=False).stderr
     assert alice.stop() == 0
 
 
@@ -254,3 +258,62 @@ def test_add_client_does_not_interrupt_a_running_transfer(netns_factory, tmp_pat
     assert len(dump) == 3
     assert dump[pub][4] == before, "the running session was replaced by a new handshake"
     assert first.stop() == 0
+
+
+def test_an_expired_client_is_removed_and_cannot_handshake_again(netns_factory, tmp_path):
+    topo = netns_factory("sv")
+    srv = Server(topo, tmp_path, split=True)
+    srv.up()
+    staff = srv.add_client("staff")
+    text = srv.add_client("temp", "--expires", "20s")
+    temp_pub = _client_pub(text)
+    listed = srv.cli("list").stdout
+    assert re.search(r"^temp .* expires \S+ \S+ \(in \d+s\)", listed, re.M), listed
+    temp = Client(srv.c, tmp_path, topo.unique_ifname("svt"), text)
+    wait_ping(srv.c, SERVER_TUN)
+    assert temp_pub in srv.wg_dump()
+    # at expiry the reconciler removes the peer (its session ends) without a command
+    Netns.wait_for(lambda: temp_pub not in srv.wg_dump(), 60, what="expired peer removed")
+    assert "client temp expired: its peer is removed" in srv.log()
+    assert set(srv.wg_dump()) == {_client_pub(staff)}
+    handshakes = srv.show_json()["counters"]["handshakes"]
+    res = srv.c.run(["ping", "-c", "3", "-W", "1", SERVER_TUN], check=False)
+    assert res.returncode != 0, res.stdout
+    assert srv.show_json()["counters"]["handshakes"] == handshakes  # its initiations are refused
+    assert "expired" in [line.split()[-1] for line in srv.cli("list").stdout.splitlines() if line.startswith("temp")]
+    assert temp.stop() == 0
+
+
+def test_postgres_registry_changes_from_another_gateway_reach_the_daemon(netns_factory, tmp_path, pg_server):
+    """Gateway 1 runs in [s] on a PostgreSQL registry; gateway 2 (joined, on this host) only runs commands."""
+    url = pg_server.create_database()
+    topo = netns_factory("sv")
+    srv = Server(topo, tmp_path, init=False)
+    args = ["init", "--endpoint", "10.99.0.1", "--registry", url, "--name", "gw1"]
+    for pool in POOLS:
+        args += ["--pool", pool]
+    srv.cli(*args)
+    srv.up()
+    # Another machine: its own directory and interface name (so its commands see no daemon here).
+    gw2, gw2_if = str(tmp_path / "gw2"), topo.unique_ifname("sg")
+
+    def on_gw2(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([sys.executable, "-m", "tunnel", "server", *args, "--dir", gw2, "-i", gw2_if],
+                             capture_output=True, text=True, env=tunnel_env(str(tmp_path / "gw2-state")), timeout=60)
+        assert not check or res.returncode == 0, res.stderr
+        return res
+
+    on_gw2("join", "--registry", url, "--name", "gw2")
+    assert "Gateway = gw2" in open(os.path.join(gw2, f"{gw2_if}.conf")).read()
+    res = on_gw2("add-client", "alice", "--no-qr")
+    assert "not running here" in res.stderr
+    text = res.stdout
+    pub = _client_pub(text)
+    Netns.wait_for(lambda: pub in srv.wg_dump(), 2, what="a change on gateway 2 applied on gateway 1")
+    alice = Client(srv.c, tmp_path, topo.unique_ifname("sva"), text)
+    wait_ping(srv.c, SERVER_TUN)
+    on_gw2("remove-client", "alice")
+    Netns.wait_for(lambda: srv.wg_dump() == {}, 2, what="removal on gateway 2 applied on gateway 1")
+    res = srv.c.run(["ping", "-c", "2", "-W", "1", SERVER_TUN], check=False)
+    assert res.returncode != 0, res.stdout
+    assert alice.stop() == 0

@@ -1,0 +1,86 @@
+"""`tunnel server up`: the interface from IFACE.conf, the NAT gateway, and the reconciler that
+keeps both following the registry.
+
+Start-up: IFACE.conf is regenerated from the registry (so the interface comes
+up with today's clients), then `tunnel up` of it runs with the gateway as an
+extra setup step and the reconciler as a service. A registry that cannot be
+reached at start (a PostgreSQL elsewhere) is not fatal: the daemon serves
+IFACE.conf as last generated, with the settings and expiries of
+IFACE.cache.json, and the reconciler catches up when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from server import statecache
+from server.layout import Local, Paths
+from server.provision import ProvisionError, locate, paths, publish
+from server.reconcile import Reconciler
+from server.registry import RegistryError, RegistryUnavailable, ServerSettings, Snapshot, open_registry
+from tunnel.config import ConfigError, load_config
+from tunnel.protocol.crypto import encode_key
+
+log = logging.getLogger("tunnel")
+
+
+def _offline_start(p: Paths, exc: Exception) -> Snapshot | None:
+    """What to serve while the registry is unreachable: the last cache, else IFACE.conf alone."""
+    try:
+        config = load_config(p.conf)
+    except ConfigError as err:
+        raise ProvisionError(f"{exc}, and {err}") from None
+    log.warning("%s: %s; serving the clients of %s until it is back", p.ifname, exc, p.conf)
+    snap = statecache.load(p, encode_key(config.interface.private_key))
+    if snap is None:
+        pools = tuple(str(a.network) for a in config.interface.addresses)
+        snap = Snapshot(revision=-1, clients=(), policy=None, sessions=(), gateways=(),
+                        settings=ServerSettings(private_key="", pools=pools))
+        log.warning("%s: no cache of the registry: NAT on for %s, clients never expire until it is back",
+                    p.ifname, ", ".join(pools))
+    return snap
+
+
+def run_server(directory: str | None, ifname: str | None, **up_options) -> str | None:
+    """`tunnel up IFACE.conf` plus the NAT gateway and the reconciler; None or the failure message."""
+    from server.gateway import apply_gateway
+    from tunnel.runner import run_up
+
+    registry = None
+    try:
+        p = paths(directory, ifname)
+        local, migration = locate(p)
+        if migration is not None:
+            log.info("%s: the server's files were migrated into the registry %s (old files in %s)", p.ifname,
+                     local.registry, migration.backup)
+        try:
+            registry = open_registry(local.registry, create=False)
+            snap = registry.snapshot()
+            publish(p, snap, local)
+        except RegistryUnavailable as exc:
+            if registry is not None:
+                registry.close()
+                registry = None
+            snap = _offline_start(p, exc)
+    except RegistryError as exc:
+        if registry is not None:
+            registry.close()
+        return str(exc)
+    except ProvisionError as exc:
+        return str(exc)
+    settings = snap.settings
+    live = snap if snap.revision >= 0 else None
+
+    def gateway(interface) -> None:
+        apply_gateway(interface.journal, interface.name, list(settings.pools), masquerade=settings.nat,
+                      allow_client_to_client=settings.client_to_client)
+
+    reconciler = Reconciler(lambda: open_registry(local.registry, create=False), registry=registry,
+                            snapshot=live, on_snapshot=lambda s, now: _publish(p, s, local, now))
+    return run_up(p.conf, extra_setup=[gateway], services=[reconciler.start], **up_options)
+
+
+def _publish(p: Paths, snap: Snapshot, local: Local, now: float) -> None:
+    if publish(p, snap, local, now):
+        log.debug("%s: %s rewritten for registry revision %d", p.ifname, p.conf, snap.revision)
+

@@ -1,0 +1,267 @@
+"""The running server follows the registry: its peers are the registry's active clients.
+
+A thread of its own waits for changes (registry.wait_for_change: PostgreSQL's
+NOTIFY, SQLite's poll) and, at start, after every new revision, when a
+client's expiry comes, every PERIOD seconds and after a lost registry,
+computes the desired peers from one snapshot and hands the *differences* to
+the data plane's thread, where they are applied with the same code the
+control socket's `set` runs (uapi.apply_set). Listeners (policy sets,
+sessions, shaping) get the same snapshot after each pass.
+
+Rules kept here:
+- idempotent: a pass that finds nothing different changes nothing; a peer
+  whose key, PSK, allowed IPs and name are unchanged is never touched, so
+  its session, endpoint and counters go on;
+- only registry peers are managed: a peer added at run time with `wg set`
+  whose key the registry never held is left alone;
+- the device is read and changed only in the data plane's thread
+  (call_soon_threadsafe); this thread only reads the registry;
+- an unreachable registry is logged once, the last snapshot keeps serving
+  (expiries still apply) and the next pass after it returns is a full one;
+- the clock (`clock`, wall time) is injected: tests run expiry without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from server.registry import Registry, RegistryError, RegistryUnavailable, Snapshot
+from server.uapi import Context, PeerChange, SetRequest, apply_set
+from tunnel.protocol.constants import KEY_LEN
+from tunnel.protocol.crypto import decode_key
+
+log = logging.getLogger("tunnel")
+
+PERIOD = 30.0  # seconds between passes with no change and no expiry due
+MAX_WAIT = 1.0  # one wait_for_change at most this long, so close() is quick
+RETRY = (1.0, 2.0, 5.0, 10.0)  # seconds between attempts while the registry is unreachable
+APPLY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class DesiredPeer:
+    name: str
+    preshared_key: bytes  # all zero: none
+    allowed_ips: tuple[str, ...]
+
+
+@dataclass
+class Changes:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.updated)
+
+    def __str__(self) -> str:
+        return f"{len(self.added)} added, {len(self.removed)} removed, {len(self.updated)} updated"
+
+
+def desired_peers(snap: Snapshot, now: float) -> dict[bytes, DesiredPeer]:
+    out = {}
+    for c in snap.active_clients(now):
+        psk = decode_key(c.preshared_key) if c.preshared_key else bytes(KEY_LEN)
+        out[decode_key(c.public_key)] = DesiredPeer(c.name, psk, tuple(c.addresses))
+    return out
+
+
+def diff_request(device, desired: dict[bytes, DesiredPeer], managed: set[bytes]):
+    """The uapi set request that makes DEVICE's managed peers equal DESIRED, and what it does."""
+    req, changes = SetRequest(), Changes()
+    for key, peer in list(device.peers.items()):
+        if key in managed and key not in desired:
+            req.peers.append(PeerChange(key, remove=True))
+            changes.removed.append(peer.name or "?")
+    for key, want in desired.items():
+        peer = device.peers.get(key)
+        if peer is None:
+            req.peers.append(PeerChange(key, preshared_key=want.preshared_key, replace_allowed_ips=True,
+                                        allowed_ips=list(want.allowed_ips), name=want.name))
+            changes.added.append(want.name)
+            continue
+        change = PeerChange(key)
+        if bytes(peer.handshake.preshared_key) != want.preshared_key:
+            change.preshared_key = want.preshared_key
+        if sorted(device.allowed_ips.prefixes(peer)) != sorted(want.allowed_ips):
+            change.replace_allowed_ips = True
+            change.allowed_ips = list(want.allowed_ips)
+        if peer.name != want.name:
+            change.name = want.name
+        if change != PeerChange(key):
+            req.peers.append(change)
+            changes.updated.append(want.name)
+    return req, changes
+
+
+class Reconciler:
+    """Start with `start(interface)` (an Interface service); `close()` stops it."""
+
+    def __init__(self, opener: Callable[[], Registry], *, registry: Registry | None = None,
+                 snapshot: Snapshot | None = None, on_snapshot: Callable[[Snapshot, float], None] | None = None,
+                 clock: Callable[[], float] = time.time, name: str = "server"):
+        self._open = opener
+        self.registry = registry
+        self.snapshot = snapshot
+        self._publish = on_snapshot
+        self._clock = clock
+        self.name = name
+        self._listeners: list[Callable[[Snapshot, float], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._managed: set[bytes] = set()
+        self._active: frozenset[str] = frozenset()  # client names the last pass served
+        self._plane = None
+        self._ctx = None
+        self.passes = 0  # completed passes (tests wait on it)
+        self._changed = threading.Condition()
+
+    def add_listener(self, fn: Callable[[Snapshot, float], None]) -> None:
+        """fn(snapshot, now) after every pass, in the reconciler's thread; exceptions are logged."""
+        self._listeners.append(fn)
+
+    # -- as a service of the running interface ---------------------------------------
+
+    def start(self, interface) -> "Reconciler":
+        plane = interface.plane
+        self._plane = plane
+        self._ctx = Context(device=interface.device, private_key=interface.config.interface.private_key,
+                            listen_port=interface.udp.port, fwmark=interface.fwmark or 0, now=plane.clock,
+                            perform=plane.perform, stats=plane.stats, name=interface.name)
+        self.name = interface.name
+        # The peers it starts with came from IFACE.conf, generated from the registry: ours.
+        self._managed = set(interface.device.peers)
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(APPLY_TIMEOUT + MAX_WAIT + 5)
+        if self.registry is not None:
+            try:
+                self.registry.close()
+            except RegistryError:
+                pass
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def apply(self, snap: Snapshot, now: float) -> Changes:
+        """Make the interface's peers what SNAP says at NOW; the differences applied."""
+        desired = desired_peers(snap, now)
+        self._active = frozenset(p.name for p in desired.values())
+        self._managed |= set(desired) | {decode_key(c.public_key) for c in snap.clients}
+        done = threading.Event()
+        result: dict = {}
+
+        def in_loop() -> None:
+            try:
+                req, changes = diff_request(self._ctx.device, desired, self._managed)
+                if req.peers:
+                    apply_set(req, self._ctx)
+                result["changes"] = changes
+            except Exception as exc:  # noqa: BLE001 - reported to the reconciler's thread
+                result["error"] = exc
+            finally:
+                done.set()
+
+        self._plane.call_soon_threadsafe(in_loop)
+        deadline = time.monotonic() + APPLY_TIMEOUT
+        while not done.wait(0.1):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return Changes()
+        if "error" in result:
+            raise result["error"]
+        changes: Changes = result["changes"]
+        # A removed key that the registry no longer names is no longer ours.
+        current = {decode_key(c.public_key) for c in snap.clients}
+        self._managed = {k for k in self._managed if k in current or k in desired}
+        for name in changes.removed:
+            client = snap.client(name)
+            if client is not None and client.expired(now):
+                log.info("%s: client %s expired: its peer is removed and its session ended", self.name, name)
+        if changes:
+            log.info("%s: reconciled with registry revision %d: %s", self.name, snap.revision, changes)
+        return changes
+
+    def _pass(self, snap: Snapshot) -> None:
+        now = self._clock()
+        self.apply(snap, now)
+        if self._publish is not None:
+            try:
+                self._publish(snap, now)
+            except Exception:  # noqa: BLE001 - the file is a convenience; serving goes on
+                log.exception("%s: could not rewrite the generated config", self.name)
+        for fn in self._listeners:
+            try:
+                fn(snap, now)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop reconciling
+                log.exception("%s: a registry listener failed", self.name)
+        with self._changed:
+            self.passes += 1
+            self._changed.notify_all()
+
+    def wait_passes(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.passes >= count, timeout)
+
+    # -- the thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        need_full = True
+        failures = 0
+        last_pass = 0.0
+        while not self._stop.is_set():
+            try:
+                if self.registry is None:
+                    self.registry = self._open()
+                if need_full:
+                    self.snapshot = self.registry.snapshot()
+                    need_full = False
+                    if failures:
+                        log.info("%s: registry %s reachable again: full reconcile", self.name,
+                                 self.registry.location)
+                    failures = 0
+                    self._pass(self.snapshot)
+                    last_pass = time.monotonic()
+                snap = self.snapshot
+                now = self._clock()
+                due = snap.next_expiry(now)
+                wait = MAX_WAIT if due is None else max(0.0, min(MAX_WAIT, due - now))
+                revision = self.registry.wait_for_change(snap.revision, wait)
+                if revision != snap.revision:
+                    need_full = True
+                elif (due is not None and self._clock() >= due) or time.monotonic() - last_pass >= PERIOD:
+                    self._pass(snap)
+                    last_pass = time.monotonic()
+            except RegistryUnavailable as exc:
+                if not failures:
+                    log.warning("%s: %s; serving the clients it knows and retrying", self.name, exc)
+                need_full = True
+                delay = RETRY[min(failures, len(RETRY) - 1)]
+                failures += 1
+                self._offline(delay)
+            except RegistryError as exc:
+                log.error("%s: %s", self.name, exc)
+                need_full = True
+                self._stop.wait(RETRY[-1])
+            except Exception:  # noqa: BLE001 - keep following the registry whatever one pass hit
+                log.exception("%s: reconcile failed", self.name)
+                need_full = True
+                self._stop.wait(RETRY[-1])
+
+    def _offline(self, delay: float) -> None:
+        """Wait DELAY for the registry, still expiring clients of the last snapshot on time."""
+        end = time.monotonic() + delay
+        while not self._stop.is_set() and time.monotonic() < end:
+            snap = self.snapshot
+            if snap is not None and self._plane is not None:
+                now = self._clock()
+                if frozenset(c.name for c in snap.active_clients(now)) != self._active:
+                    self.apply(snap, now)
+            self._stop.wait(min(0.25, max(0.0, end - time.monotonic())))

@@ -1,0 +1,59 @@
+"""wg-quick files made from the registry: the server's IFACE.conf and each client's config.
+
+Rules kept here: pure (registry values and `now` in, text out); what is
+written parses back with tunnel/config.py (callers check client files
+before handing them out); the server file lists only clients active at
+`now` (not disabled, not expired), so a `wg-quick up` of it agrees with
+what the daemon serves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from server.layout import Local, header_lines
+from server.registry import Client, ServerSettings, Snapshot
+from tunnel.config import Config, InterfaceConfig, PeerConfig
+from tunnel.protocol.crypto import DH_PUBKEY, decode_key
+
+
+class RenderError(RuntimeError):
+    pass
+
+
+def server_config(snap: Snapshot, local: Local, now: float) -> str:
+    s = snap.settings
+    iface = InterfaceConfig(private_key=decode_key(s.private_key), listen_port=s.listen_port,
+                            addresses=[ipaddress.ip_interface(a) for a in s.server_addresses()])
+    gateway = next((g for g in snap.gateways if g.name == local.gateway), None)
+    metrics = gateway.options.get("metrics") if gateway else None
+    if metrics:
+        iface.extensions["MetricsAddress"] = [metrics]
+    peers = [server_peer(c) for c in snap.active_clients(now)]
+    body = Config(interface=iface, peers=peers).to_text()
+    return "\n".join(header_lines(local, snap.revision)) + "\n" + body
+
+
+def server_peer(c: Client) -> PeerConfig:
+    """A client as the server's [Peer]: its key, PSK and host addresses."""
+    return PeerConfig(public_key=decode_key(c.public_key),
+                      preshared_key=decode_key(c.preshared_key) if c.preshared_key else None,
+                      allowed_ips=[ipaddress.ip_interface(a) for a in c.addresses], name=c.name)
+
+
+def client_config(settings: ServerSettings, c: Client) -> str:
+    """The client's own wg-quick file (what add-client and show-client print)."""
+    if not c.private_key:
+        raise RenderError(f"client {c.name!r} brought its own key: the server has no config with its private key")
+    iface = InterfaceConfig(private_key=decode_key(c.private_key),
+                            addresses=[ipaddress.ip_interface(a) for a in c.addresses],
+                            dns=[ipaddress.ip_address(d) for d in settings.dns])
+    split = c.options.get("split")
+    server = PeerConfig(
+        public_key=DH_PUBKEY(decode_key(settings.private_key)),
+        preshared_key=decode_key(c.preshared_key) if c.preshared_key else None,
+        allowed_ips=[ipaddress.ip_interface(n) for n in settings.client_allowed_ips(split)],
+        endpoint=(settings.endpoint, settings.port),
+        persistent_keepalive=settings.keepalive or None,
+    )
+    return Config(interface=iface, peers=[server]).to_text()

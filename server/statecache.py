@@ -1,0 +1,44 @@
+"""IFACE.cache.json: the daemon's last snapshot of the registry, kept to serve while it is unreachable.
+
+Rules kept here: no private key is stored (the server's is in IFACE.conf and
+is put back on load; clients' are not needed to serve); the file is private
+(0600) and replaced atomically; a cache that cannot be read is ignored
+(the daemon then serves IFACE.conf as it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from server.layout import Paths
+from server.registry import Client, Gateway, ServerSettings, Snapshot
+from tunnel.secrets import read_private_file, write_private_file
+
+
+def save(p: Paths, snap: Snapshot) -> None:
+    settings = dataclasses.asdict(snap.settings)
+    settings["private_key"] = ""
+    clients = [dict(dataclasses.asdict(c), private_key=None) for c in snap.clients]
+    data = {"revision": snap.revision, "settings": settings, "clients": clients,
+            "gateways": [dataclasses.asdict(g) for g in snap.gateways]}
+    text = json.dumps(data, indent=1) + "\n"
+    try:
+        if read_private_file(p.cache).decode("utf-8") == text:
+            return  # each periodic pass would otherwise rewrite (and fsync) the same bytes
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_private_file(p.cache, text)
+
+
+def load(p: Paths, private_key: str) -> Snapshot | None:
+    try:
+        data = json.loads(read_private_file(p.cache))
+        settings = dict(data["settings"], private_key=private_key)
+        for k in ("pools", "dns", "sites"):
+            settings[k] = tuple(settings[k])
+        clients = tuple(Client(**dict(c, groups=tuple(c["groups"]))) for c in data["clients"])
+        return Snapshot(revision=int(data["revision"]), settings=ServerSettings(**settings), clients=clients,
+                        policy=None, sessions=(), gateways=tuple(Gateway(**g) for g in data["gateways"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
