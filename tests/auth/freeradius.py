@@ -10,6 +10,8 @@ The configuration is the least FreeRADIUS needs for what we test:
 - two rounds as FreeRADIUS setups do: the password, then Access-Challenge with a
   State; the code is checked only in a round whose State FreeRADIUS issued
   after a good password (session-state), so a forged State gets nowhere;
+- carol gives her code appended to the password (one round, the other common
+  setup), gets Filter-Id and an Acct-Interim-Interval but no Session-Timeout;
 - accounting to a `detail` file.
 Startup takes ~0.1 s here; the process is killed in `finally`.
 """
@@ -31,6 +33,8 @@ import pytest
 SECRET = b"au-test-secret"
 ALICE_PASSWORD = "wonderland"
 ALICE_TOTP = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # RFC 6238's SHA1 key, base32
+CAROL_PASSWORD = "carol-pass"
+CAROL_TOTP = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 USERS = f"""
 alice Cleartext-Password := "{ALICE_PASSWORD}", TOTP-Secret := "{ALICE_TOTP}"
@@ -39,6 +43,10 @@ alice Cleartext-Password := "{ALICE_PASSWORD}", TOTP-Secret := "{ALICE_TOTP}"
       Filter-Id = "ops",
       Session-Timeout = 5,
       Idle-Timeout = 60,
+      Acct-Interim-Interval = 60
+
+carol Cleartext-Password := "{CAROL_PASSWORD}", TOTP-Secret := "{CAROL_TOTP}"
+      Filter-Id = "ops",
       Acct-Interim-Interval = 60
 """
 
@@ -107,21 +115,35 @@ server default {{
   }}
   authorize {{
     files
-    if (!&State) {{
+    if (&User-Name == "carol") {{
+      if (&User-Password =~ /^(.*)([0-9]{{6}})$/) {{
+        update request {{
+          User-Password := "%{{1}}"
+          TOTP-Password := "%{{2}}"
+        }}
+        update control {{
+          Auth-Type := appended
+        }}
+      }}
+      else {{
+        reject
+      }}
+    }}
+    elsif (!&State) {{
       update control {{
         Auth-Type := password
       }}
     }}
-    else {{
-      if (&session-state:Tmp-String-0 != "password-ok") {{
-        reject
-      }}
+    elsif (&session-state:Tmp-String-0 == "password-ok") {{
       update request {{
         TOTP-Password := &User-Password
       }}
       update control {{
         Auth-Type := code
       }}
+    }}
+    else {{
+      reject
     }}
   }}
   authenticate {{
@@ -142,6 +164,10 @@ server default {{
       handled
     }}
     Auth-Type code {{
+      totp
+    }}
+    Auth-Type appended {{
+      pap
       totp
     }}
   }}
