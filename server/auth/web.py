@@ -372,7 +372,7 @@ class LoginEndpoint:
                                      f"{exc.strerror}") from None
         self.port = self._server.server_address[1]
         self._allow(self.port)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="login-endpoint", daemon=True)
         self._thread.start()
         log.info("login endpoint on http://%s:%d/", self.address, self.port)
