@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping nftables
-          wireguard-go wireguard-tools iperf3 systemd procps)
+          wireguard-go wireguard-tools iperf3 systemd procps
+          freeradius freeradius-utils chromium chromium-driver)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +19,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Tests (and `tunnel server auth radius`) use a RADIUS server of their own choosing:
+  # Debian's freeradius service, started by the install, must not stay running or enabled.
+  if [[ " ${missing[*]} " == *" freeradius "* ]]; then
+    systemctl disable --now freeradius >/dev/null 2>&1 || systemctl disable freeradius >/dev/null 2>&1 || true
+    service freeradius stop >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -15,8 +15,9 @@ contract) are in tunnel/loginapi.py; the page is `/`, posting to /login and
 Rules kept here:
 - it never blocks the data plane: stdlib ThreadingHTTPServer in its own
   threads; at most `max_connections` at once (more are closed at once), each
-  socket with a `timeout` for every read (a slow client cannot hold a thread),
-  HTTP/1.0 one request per connection, bodies at most loginapi.MAX_BODY bytes;
+  socket with a `timeout` for every read and `max_request_time` in all (a slow
+  client cannot hold a thread), HTTP/1.0 one request per connection, bodies at
+  most loginapi.MAX_BODY bytes;
 - the backend is waited for inside service.login, with its own timeout;
 - a request whose Host is not ours (DNS rebinding) or whose Origin is another
   site (cross-site form posts) is refused; the JSON API takes only
@@ -48,7 +49,8 @@ from .service import LoginResult, LoginService
 log = logging.getLogger("tunnel.auth.web")
 
 MAX_CONNECTIONS = 32
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 10.0  # seconds for each read from the client
+MAX_REQUEST_TIME = 30.0  # seconds for a whole connection (reads, the backend's decision, the answer)
 TITLE = "VPN login"
 
 _STATUS = {
@@ -101,10 +103,23 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        # A client trickling bytes within each read's timeout still loses the
+        # connection after `max_request_time` in all.
+        deadline = threading.Timer(self.endpoint.max_request_time, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -337,7 +352,7 @@ class LoginEndpoint:
     def __init__(self, service: LoginService, resolve_client: Callable[[str], ClientInfo | None], address: str,
                  port: int = loginapi.DEFAULT_PORT, *, names: tuple[str, ...] = (),
                  max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT,
-                 title: str = TITLE):
+                 max_request_time: float = MAX_REQUEST_TIME, title: str = TITLE):
         self.service = service
         self.resolve_client = resolve_client
         self.address = address
@@ -345,6 +360,7 @@ class LoginEndpoint:
         self.names = names  # host names that also reach us (besides the address)
         self.max_connections = max_connections
         self.request_timeout = request_timeout
+        self.max_request_time = max_request_time
         self.title = title
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -2,7 +2,8 @@
 
 import logging
 
-from server.auth.accounts import MemoryAccountStore, add_user
+from server.auth import passwords
+from server.auth.accounts import Account, MemoryAccountStore
 from server.auth.backend import ClientInfo
 from server.auth.local import LocalBackend
 from server.auth.lockout import CLIENT, USER, Lockout
@@ -64,7 +65,7 @@ class CountingBackend(LocalBackend):
 def test_service_refuses_locked_logins_without_asking_the_backend_and_logs_no_secret(caplog):
     clock = FakeClock()
     store = MemoryAccountStore()
-    add_user(store, "alice", "wonderland!", ["staff"])
+    store.add(Account("alice", passwords.hash_password("wonderland!", log2_n=12), ("staff",)))  # quick scrypt
     backend = CountingBackend(store)
     service = LoginService(backend, clock=clock, send_accounting=False)
     laptop = ClientInfo("laptop", "S0VZ", "10.8.0.2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from urllib.parse import urlencode
 
 import pytest
@@ -129,20 +130,36 @@ def test_an_address_that_is_no_client_is_refused(env):
     assert status == 403 and "for the VPN" in text
 
 
-def test_connections_are_bounded_and_silent_ones_time_out():
-    with running_endpoint(max_connections=2, request_timeout=1.0) as env:
-        silent = [socket.create_connection(("127.0.0.1", env.port)) for _ in range(2)]
+def test_connections_are_bounded_and_slow_ones_cut():
+    with running_endpoint(max_connections=2, request_timeout=3.0, max_request_time=4.0) as env:
+        silent = socket.create_connection(("127.0.0.1", env.port))
+        trickle = socket.create_connection(("127.0.0.1", env.port))
         try:
-            # Both slots are held by clients that say nothing: a third connection is closed at once...
-            third = socket.create_connection(("127.0.0.1", env.port), timeout=5)
+            trickle.sendall(b"GET /api/session HTTP/1.0\r\n")
+            # Both slots are held: a third connection is closed at once, unanswered.
+            third = socket.create_connection(("127.0.0.1", env.port), timeout=10)
             third.sendall(b"GET /api/session HTTP/1.0\r\n\r\n")
             assert third.recv(100) == b""
             third.close()
-            # ...and the silent ones are dropped after the request timeout, freeing the slots.
-            for s in silent:
-                s.settimeout(10)
-                assert s.recv(100) == b""  # closed by the server, without an answer
+            # The one trickling a header line every second (within each read's timeout) is
+            # cut at the connection's deadline; the silent one after its read timeout.
+            cut = False
+            for _ in range(15):
+                time.sleep(1)
+                try:
+                    trickle.sendall(b"X-Slow: 1\r\n")
+                    if trickle.recv(100, socket.MSG_DONTWAIT) == b"":
+                        cut = True
+                        break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    cut = True
+                    break
+            assert cut
+            silent.settimeout(20)
+            assert silent.recv(100) == b""
         finally:
-            for s in silent:
-                s.close()
+            silent.close()
+            trickle.close()
         assert env.api("GET", loginapi.PATH_SESSION)[0] == 404
