@@ -7,6 +7,7 @@ Only names and limits live here: no I/O, no logic.
         200 {"ok": true, "user", "groups", "expires", "expires_in", "idle_timeout"}
         401 {"error": "bad_credentials" | "code_required", "message", "challenge"?: {"state", "message"}}
         429 {"error": "locked", "message", "retry_after"}       (and a Retry-After header)
+        429 {"error": "busy", "message"}           (a login for this user or client is in progress)
         503 {"error": "unavailable", "message"}
         403 {"error": "not_a_client", "message"}
         400 / 413 {"error": "bad_request", "message"}
@@ -30,6 +31,7 @@ MAX_BODY = 4096  # bytes of a request body; a login is a few dozen
 BAD_CREDENTIALS = "bad_credentials"
 CODE_REQUIRED = "code_required"  # answer the challenge: post again with "code" (and "state" if given)
 LOCKED = "locked"
+BUSY = "busy"  # another login for this user or client is being checked (429)
 UNAVAILABLE = "unavailable"  # the authentication server did not answer
 NOT_A_CLIENT = "not_a_client"  # the request did not come from a client's tunnel address
 NO_SESSION = "no_session"

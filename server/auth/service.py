@@ -16,7 +16,8 @@ Rules kept here:
 - the backend runs in a small pool of worker threads and is waited for at
   most `auth_timeout` seconds: an endpoint thread never hangs on it, and when
   the pool is saturated a login is refused at once as unavailable;
-- a locked user or client is refused before the backend is asked;
+- a locked user or client is refused before the backend is asked, and only
+  one login per user and per client is checked at a time;
 - a challenge's state stays here, behind a random token that is bound to the
   client and the user, expires in two minutes and is used once;
 - every login, failure, lockout, expiry, logout and kick is logged with user,
@@ -131,6 +132,7 @@ class LoginService:
         self._inflight = threading.BoundedSemaphore(workers + MAX_QUEUED)
         self._lock = threading.RLock()
         self._challenges: dict[str, _Challenge] = {}
+        self._busy: set[tuple[str, str]] = set()
         self._accounting = AccountingSender(backend.account) if send_accounting else None
 
     @property
@@ -165,7 +167,19 @@ class LoginService:
             if not code:
                 return LoginResult(False, error=loginapi.BAD_REQUEST, message="give the one-time code")
         request = AuthRequest(user=user, password=password or "", client=client, code=code or None, state=state)
-        result = self._run_backend(request, now)
+        # One login at a time per user and per client: parallel guesses would all
+        # pass the lock check before the first failure is counted.
+        keys = (("user", user), ("client", client.name))
+        with self._lock:
+            if any(k in self._busy for k in keys):
+                return LoginResult(False, error=loginapi.BUSY,
+                                   message="another login for this user or device is in progress")
+            self._busy.update(keys)
+        try:
+            result = self._run_backend(request, now)
+        finally:
+            with self._lock:
+                self._busy.difference_update(keys)
         now = self.clock()
         if isinstance(result, Accepted):
             return self._accepted(result, client, now)

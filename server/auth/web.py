@@ -57,6 +57,7 @@ _STATUS = {
     loginapi.BAD_CREDENTIALS: HTTPStatus.UNAUTHORIZED,
     loginapi.CODE_REQUIRED: HTTPStatus.UNAUTHORIZED,
     loginapi.LOCKED: HTTPStatus.TOO_MANY_REQUESTS,
+    loginapi.BUSY: HTTPStatus.TOO_MANY_REQUESTS,
     loginapi.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     loginapi.NOT_A_CLIENT: HTTPStatus.FORBIDDEN,
     loginapi.NO_SESSION: HTTPStatus.NOT_FOUND,
@@ -222,6 +223,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._html(r.status, page.login_page(self.ep.title, error=r.message))
         except (socket.timeout, ConnectionError):
             self.close_connection = True
+        except Exception:  # our bug: a 500 and a log line, never a traceback on stderr
+            log.exception("login endpoint: %s %s failed", self.command, path)
+            try:
+                if api:
+                    self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": loginapi.UNAVAILABLE,
+                                                                  "message": "internal error"})
+                else:
+                    self._html(HTTPStatus.INTERNAL_SERVER_ERROR, page.login_page(self.ep.title,
+                                                                                 error="internal error"))
+            except OSError:
+                pass
 
     def do_GET(self) -> None:
         self._handle(_ROUTES["GET"])
