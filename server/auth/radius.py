@@ -118,7 +118,11 @@ class RadiusConfig:
     calling_station: str = "key"  # "key": the client's public key; "name": its name
     timeout: float = 2.0  # seconds to wait after each send
     tries: int = 2  # sends in all
-    require_message_authenticator: bool = False  # in Access-Accept/Reject/Challenge
+    # Drop Access-Accept/Reject/Challenge without a Message-Authenticator (BlastRADIUS,
+    # CVE-2024-3596). Off by default: FreeRADIUS before 3.2.5 (Debian 12 has 3.2.1) does
+    # not send one, and its replies would then look like no answer at all. Our requests
+    # always carry one, so the server can require it (clients.conf).
+    require_message_authenticator: bool = False
 
     def __post_init__(self) -> None:
         if self.group_attribute not in GROUP_ATTRIBUTES:

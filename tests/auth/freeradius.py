@@ -80,6 +80,7 @@ security {{
 client test {{
   ipaddr = 127.0.0.1
   secret = {secret}
+  require_message_authenticator = yes
 }}
 modules {{
   pap {{
