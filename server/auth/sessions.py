@@ -74,6 +74,14 @@ class Session:
     def idle_expires(self) -> float:
         return self.last_activity + self.idle_timeout
 
+    def summary(self) -> dict:
+        """What `tunnel server sessions` shows (JSON-able; times are epoch seconds)."""
+        return {"user": self.user, "groups": list(self.groups), "client": self.client.name,
+                "public_key": self.client.public_key, "address": self.client.address,
+                "session_id": self.session_id, "since": self.started, "expires": self.expires,
+                "idle_expires": self.idle_expires(), "rx_bytes": self.input_octets,
+                "tx_bytes": self.output_octets, "backend": self.backend}
+
 
 @dataclass(frozen=True)
 class Grant:

@@ -156,3 +156,15 @@ def test_accounting_octets_beyond_four_gigabytes():
     big = 5 * 2 ** 32 + 123
     stop = records(manager.logout("laptop", clock(), counters=(big, 7)))[0]
     assert stop.input_octets == big and stop.session_time == 60
+
+
+def test_summary_for_the_sessions_listing():
+    clock = FakeClock()
+    manager = SessionManager(policy=SessionPolicy(idle_timeout=600))
+    manager.login(Accepted("alice", ("staff",)), LAPTOP, clock(), counters=(0, 0), session_id="s1", backend="local")
+    clock.advance(30)
+    manager.tick(clock(), {"laptop": (5000, 6000)})
+    assert manager.get("laptop").summary() == {
+        "user": "alice", "groups": ["staff"], "client": "laptop", "public_key": LAPTOP.public_key,
+        "address": "10.8.0.2", "session_id": "s1", "since": clock() - 30, "expires": clock() - 30 + 12 * 3600,
+        "idle_expires": clock() + 600, "rx_bytes": 5000, "tx_bytes": 6000, "backend": "local"}
