@@ -14,7 +14,7 @@ import time
 import pytest
 
 from server.auth import totp
-from server.auth.backend import Accepted, AccountingRecord, AuthRequest, Challenged, ClientInfo, Rejected, Unavailable
+from server.auth.backend import Accepted, AccountingRecord, AuthRequest, Challenged, ClientInfo, Rejected
 from server.auth.radius import RadiusBackend, RadiusConfig, RadiusConfigError, RadiusUnavailable, read_secret
 from server.auth.service import LoginService
 from tunnel import loginapi
