@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian 12 machine (as root): system packages, then a virtualenv
 # in .venv with this project and its test tools installed. Safe to run again.
+# --test also installs the system packages only the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping nftables
-          wireguard-go wireguard-tools iperf3 systemd procps postgresql)
+lists=(scripts/apt-packages.txt)
+[ "${1:-}" = "--test" ] && lists+=(scripts/apt-packages-test.txt)
+mapfile -t PACKAGES < <(cat "${lists[@]}" | grep -v '^#' | tr ' ' '\n' | grep -v '^$')
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +20,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The tests start their own FreeRADIUS and PostgreSQL: the packaged services, started
+  # by the install, must not stay running or enabled.
+  for svc in freeradius postgresql; do
+    if [[ " ${missing[*]} " == *" $svc "* ]]; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 if [ ! -x .venv/bin/python ]; then
