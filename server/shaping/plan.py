@@ -49,12 +49,15 @@ MIN_BURST = 1600
 # turn is the finest interleaving. Given explicitly because HTB's default
 # (rate / r2q) is out of range, with a kernel warning, for most rates.
 QUANTUM = 1600
-# The per-client queue: 100 ms of its rate, and never less than two 64 KiB
-# packets, because the TUN and forwarding hand over TSO/GRO super-packets
-# whole (HTB does not split them) and a queue smaller than one would drop
-# every one of them.
+# The per-client queue, in bytes: 100 ms of its rate, and never less than
+# one 64 KiB packet and four full-size ones, because the TUN and forwarding
+# hand over TSO/GRO super-packets whole (HTB does not split them) and a
+# queue smaller than one would drop every one of them. This kernel has no
+# fq_codel, so the queue is a plain byte FIFO: a loss-based TCP (cubic) at
+# 5 Mbit/s fills it, ~115 ms of delay; twice this floor measured ~200 ms with
+# the same throughput (bench/shaping_mechanisms.py --congestion cubic).
 QUEUE_SECONDS = 0.100
-MIN_QUEUE = 2 * 65536
+MIN_QUEUE = 65536 + 4 * 1600
 
 
 @dataclass(frozen=True)
