@@ -57,15 +57,16 @@ def create(name: str) -> None:
         link = _link(ipr, name)
         if link is not None and link[1] != "ifb":
             raise ShapingError(f"a link named {name!r} exists and is not an ifb device: not ours")
-        if link is None:
-            try:
-                ipr.link("add", ifname=name, kind="ifb", txqlen=IFB_TXQUEUELEN)
-            except NetlinkError as exc:
-                raise ShapingError(f"cannot create ifb device {name}: {exc}") from exc
-            link = _link(ipr, name)
+        try:
             if link is None:
-                raise ShapingError(f"ifb device {name} vanished as it was created")
-        ipr.link("set", index=link[0], state="up", txqlen=IFB_TXQUEUELEN)
+                ipr.link("add", ifname=name, kind="ifb", txqlen=IFB_TXQUEUELEN)
+                link = _link(ipr, name)
+                if link is None:
+                    raise ShapingError(f"ifb device {name} vanished as it was created")
+            ipr.link("set", index=link[0], state="up", txqlen=IFB_TXQUEUELEN)
+        except NetlinkError as exc:
+            hint = " (the kernel needs CONFIG_IFB / the ifb module)" if exc.code == errno.EOPNOTSUPP else ""
+            raise ShapingError(f"cannot set up ifb device {name}: {exc.args[-1] if exc.args else exc}{hint}") from exc
 
 
 @undoer("shaping.ifb")
