@@ -100,10 +100,12 @@ CLASS_5M = "htb rate 5000000bit ceil 5000000bit burst 6250b cburst 6250b quantum
 
 def test_first_apply_installs_both_sides_in_one_batch(kernel, journal):
     shaper = Shaper(journal, "wg0")
-    shaper.apply({
+    clients = {
         "alice": ClientLimit(("10.8.0.2", "fd08::2/128"), 5 * MBIT, 5 * MBIT),
         "bob": ClientLimit(("10.8.0.3",), None, None),  # unlimited: nothing at all
-    })
+    }
+    shaper.apply(clients)
+    shaper.apply(dict(clients))  # the same again (a registry pass with no change): nothing to do
     assert kernel.ifb == [("create", "ifb4wg0")]
     assert [s["kind"] for s in journal.steps] == ["shaping.root", "shaping.ifb", "shaping.ingress"]
     assert kernel.batches == [ROOT_DOWN + ROOT_UP + [

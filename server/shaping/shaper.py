@@ -97,17 +97,24 @@ class Shaper:
         self._installed: set[str] = set()
         self._recorded: set[tuple[str, str]] = set()
         self._broken = False
+        # The last ClientLimit seen per key and what it parsed to: a registry
+        # listener re-applies every client on every pass, mostly unchanged.
+        self._parsed: dict[str, tuple[ClientLimit, tuple[tuple[IPAddress, ...], dict[str, ClassParams | None]]]] = {}
 
     # -- the API ---------------------------------------------------------------
 
     def apply(self, clients: Mapping[str, ClientLimit]) -> None:
         """Make CLIENTS the whole configuration: others lose their limits, unchanged ones are left alone."""
         wanted: dict[str, tuple[tuple[IPAddress, ...], dict[str, ClassParams | None]]] = {}
+        parsed = {}
         for key, limit in clients.items():
-            addresses, rates = _parse(key, limit)
+            cached = self._parsed.get(key)
+            addresses, rates = cached[1] if cached and cached[0] == limit else _parse(key, limit)
+            parsed[key] = (limit, (addresses, rates))
             if any(rates.values()):
                 wanted[key] = (addresses, rates)
         self._check_unique(wanted)
+        self._parsed = parsed
         self._sync(wanted)
 
     def set_client(self, key: str, limit: ClientLimit) -> None:
