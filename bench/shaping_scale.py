@@ -100,9 +100,10 @@ def iperf(lab: Lab, seconds: int, reverse: bool) -> float:
     argv = ["iperf3", "-c", SERVER_INNER, "-B", CLIENT_INNER, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
     for _ in range(3):
         r = lab.run(lab.client, argv, timeout=seconds + 60)
-        if r.returncode == 0:
+        try:
             return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-        time.sleep(0.5)
+        except (ValueError, KeyError):
+            time.sleep(0.5)
     raise RuntimeError(f"iperf3 failed: {r.stdout[-300:]} {r.stderr[-300:]}")
 
 
