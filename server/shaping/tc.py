@@ -66,4 +66,7 @@ def show(*args: str) -> list[dict[str, Any]]:
             return []
         raise ShapingError(f"tc {' '.join(args)} failed: {proc.stderr.strip()}")
     out = proc.stdout.strip()
-    return json.loads(out) if out else []
+    try:
+        return json.loads(out) if out else []
+    except ValueError:
+        raise ShapingError(f"tc -j {' '.join(args)} printed no JSON (iproute2 too old?)") from None
