@@ -12,7 +12,7 @@ Why these mechanisms (bench/shaping_mechanisms.py measures them):
   looked up by address) keeps no queue, but its byte bucket holds a whole
   second of the rate on top of the burst (nft_limit.c: tokens_max =
   unit * (rate + burst) / rate), so a 5 Mbit/s client measured ~5.9 Mbit/s
-  over 5 s, with 3-4 times HTB's retransmissions; HTB holds the rate
+  over 5 s, with 3-6 times the retransmissions of HTB; HTB holds the rate
   (4.8 Mbit/s of TCP payload = 5 Mbit/s of IP packets) at the price of a
   queue (see plan.MIN_QUEUE);
 - u32 hashing, not an nftables map setting `meta priority`: the map works
