@@ -90,7 +90,7 @@ def bench_split_and_coalesce() -> None:
 
 def bench_relay(seconds: int) -> None:
     from tests.integration.test_io_netns import Relay, tun_in
-    from tests.netns import topology
+    from tests.helpers.netns import topology
 
     with topology("io") as topo:
         a, b = topo.netns("ba"), topo.netns("bb")

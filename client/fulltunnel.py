@@ -1,7 +1,8 @@
 """The client's whole-machine routing, composed from its parts.
 
-Called by tunnel.interface when a peer's AllowedIPs hold 0.0.0.0/0 or ::/0
-and Table is auto (wg-quick's rule). Order matters for "no leak":
+Applied by the client role (client/role.py) when a peer's AllowedIPs hold
+0.0.0.0/0 or ::/0 and Table is auto (wg-quick's rule). Order matters for
+"no leak":
     kill switch first (everything not through the tunnel or our marked UDP drops),
     then DNS (so no query goes to the old resolver once routing flips),
     then policy routing, whose default route into the tunnel goes in last.

@@ -31,8 +31,9 @@ from typing import Iterable
 
 from pyroute2 import IPRoute
 
-from client.routing import add_route, set_sysctl
 from tunnel import nft
+from tunnel.netconfig import add_route
+from tunnel.sysctl import set_sysctl
 from tunnel.undo import Journal
 
 FORWARD_SYSCTL = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from server import control, render, statecache
+from server import render, statecache
 from server.expiry import ExpiryError, describe_expiry, parse_expiry  # noqa: F401 - describe_expiry re-exported
 from server.filemigration import Migration, MigrationError, migrate, needed
 from server.layout import (
@@ -49,6 +49,7 @@ from server.registry import (
     is_postgres,
     open_registry,
 )
+from tunnel import control
 from tunnel.config import ConfigError, parse_config
 from tunnel.protocol.crypto import DH_GENERATE, DH_PUBKEY, encode_key
 from tunnel.secrets import write_private_file
@@ -183,7 +184,7 @@ def _network(text: str, what: str) -> str:
 
 def _check_metrics(metrics: str | None) -> None:
     if metrics:
-        from server.metrics import MetricsError, parse_address
+        from tunnel.metrics import MetricsError, parse_address
 
         try:
             parse_address(metrics)

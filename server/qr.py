@@ -8,7 +8,10 @@ Rules kept here:
 - the picture holds the client's private key: files are written 0600,
   atomically, like any other secret (tunnel/secrets.py);
 - terminal output draws light modules as block characters and dark ones as
-  blanks, which is right on the usual dark terminal; `invert` for light ones.
+  blanks, which is right on the usual dark terminal; `invert` for light ones;
+- `qrcode` is optional (the `server` extra): without it every call raises
+  QrUnavailable, which the command line prints as one line (it is a
+  click exception: `tunnel server add-client` has no other place to catch it).
 """
 
 from __future__ import annotations
@@ -16,15 +19,24 @@ from __future__ import annotations
 import struct
 import zlib
 
+from tunnel.cli import Fail
 from tunnel.secrets import write_private_file
 
 QUIET_ZONE = 4  # modules of margin the QR specification asks for
 
 
+class QrUnavailable(Fail):
+    """The qrcode package is not installed."""
+
+
 def matrix(text: str) -> list[list[bool]]:
     """Rows of modules, True = dark, with the quiet zone included."""
-    import qrcode
-    from qrcode.constants import ERROR_CORRECT_L
+    try:
+        import qrcode  # optional package
+        from qrcode.constants import ERROR_CORRECT_L
+    except ImportError:
+        raise QrUnavailable("QR codes need the qrcode package (pip install 'tunnel[server]'), "
+                            "or use --no-qr") from None
 
     qr = qrcode.QRCode(error_correction=ERROR_CORRECT_L, border=QUIET_ZONE)
     qr.add_data(text.encode("utf-8"))

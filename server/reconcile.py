@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from server.registry import Registry, RegistryError, RegistryUnavailable, Snapshot
-from server.uapi import Context, PeerChange, SetRequest, apply_set
 from tunnel.protocol.constants import KEY_LEN
 from tunnel.protocol.crypto import decode_key
+from tunnel.uapi import Context, PeerChange, SetRequest, apply_set
 
 log = logging.getLogger("tunnel")
 

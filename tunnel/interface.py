@@ -5,45 +5,46 @@ Order of bring-up (each OS change recorded in the journal before it is made):
     PreUp hooks
     TUN device, addresses, MTU, link up
     UDP sockets (v4 and v6, SO_MARK = FwMark)
-    routes for AllowedIPs; full-tunnel policy routing, DNS, kill switch (client);
-    forwarding and NAT (server)
-    PostUp hooks, then "ready"
+    routes for AllowedIPs
+    each role's setup: the roles whose config asks for them (the client's
+    full-tunnel policy routing, DNS and kill switch for a /0 in AllowedIPs,
+    as wg-quick decides), then those handed in (`tunnel server up`: NAT)
+    PostUp hooks; control socket, metrics, drop summary, roles' services; "ready"
 and on SIGINT/SIGTERM the reverse: PreDown, undo everything, PostDown.
 
 Rules kept here:
-- this module and the data plane are the only places that read the clock;
-- a role (client full tunnel, server gateway) is chosen from the config, as
-  wg-quick decides, and its code lives in client/ and server/.
+- this module and the data plane are the only places that read the clock
+  (re-resolution takes the one in Options, so tests can give their own);
+- this module names no role: roles are discovered (tunnel/role.py) or handed
+  in through Options.roles; their code lives in their own packages.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import hooks, netconfig, sdnotify
-from .config import Config, EndpointResolutionError, resolve_endpoint
+from . import hooks, netconfig, role, sdnotify
+from .config import Config
 from .dataplane import DataPlane, log_event
+from .netconfig import DEFAULT_FWMARK
 from .protocol import Device
 from .protocol.constants import DEFAULT_MTU, OVERHEAD_IPV6
+from .resolve import EndpointResolutionError, Reresolver, Resolve, endpoint_tuple, in_thread, resolve_endpoint
+from .services import ServiceError, start_services
 from .tun import Tun, TunError
 from .udp import UdpEndpoint
 from .undo import Journal
 
 log = logging.getLogger("tunnel")
 
-DEFAULT_FWMARK = 51820
 # The UDP receive buffer bounds the queue in front of a busy receiver: 256 KB
 # is ~1.2 ms at 1.7 Gbit/s (wireguard-go's 7 MB would be ~30 ms under load).
 UDP_BUFFER = int(os.environ.get("TUNNEL_UDP_BUFFER", 256 << 10))
-# While handshakes keep failing, look a host-name Endpoint up again this often (seconds).
-RERESOLVE_INTERVAL = 15.0
 
 
 class InterfaceError(RuntimeError):
@@ -60,10 +61,17 @@ class Options:
     use_resolved: bool | None = None
     killswitch: bool | None = None  # None: on for full-tunnel configs
     on_ready: Callable[["Interface"], None] | None = None
+    # Roles handed in by whoever runs the interface, after those the config asks for.
+    roles: list[role.Role] = field(default_factory=list)
+    # Plain setup steps: the same as a role with only `setup` (run after `roles`).
     extra_setup: list[Callable[["Interface"], None]] = field(default_factory=list)
     # Started after the built-in services, once the data plane exists; each returns
     # an object whose close() is called (newest first) before tear-down.
     services: list[Callable[["Interface"], object]] = field(default_factory=list)
+    # Endpoint host names: how they are looked up, and the clock of looking again.
+    resolver: Resolve = resolve_endpoint
+    clock: Callable[[], float] = time.monotonic
+    background: Callable[[Callable[[], None]], None] = in_thread
 
 
 class Interface:
@@ -79,8 +87,13 @@ class Interface:
         self.device: Device | None = None
         self.plane: DataPlane | None = None
         self.fwmark: int | None = None
-        self.full_tunnel = (False, False)
-        self._last_resolve: dict[bytes, float] = {}
+        self.full_tunnel = (False, False)  # (v4, v6): AllowedIPs holds 0.0.0.0/0, ::/0
+        self.table = _table_setting(config.interface.table)  # "auto", "off" or a table
+        self.roles: list[role.Role] = []
+        self.reresolver = Reresolver(
+            {p.public_key: p.endpoint for p in config.peers if p.endpoint is not None},
+            clock=self.options.clock, resolve=self.options.resolver, background=self.options.background,
+            deliver=self._in_loop, ifname=self.name)
 
     # ------------------------------------------------------------------
 
@@ -94,12 +107,10 @@ class Interface:
         hooks.run_hooks(iface.pre_up, self.name, "PreUp")
 
         allowed = [str(n) for p in cfg.peers for n in p.allowed_networks()]
-        from client.routing import is_full_tunnel
-
-        self.full_tunnel = is_full_tunnel(allowed)
+        self.full_tunnel = netconfig.is_full_tunnel(allowed)
         full = any(self.full_tunnel)
         fwmark = iface.fwmark
-        if full and not fwmark and _table_setting(iface.table) != "off":
+        if full and not fwmark and self.table != "off":
             fwmark = DEFAULT_FWMARK
         self.fwmark = fwmark or None
 
@@ -133,8 +144,9 @@ class Interface:
             )
 
         self._routes(allowed)
-        for step in self.options.extra_setup:
-            step(self)
+        self.roles = self._roles()
+        for r in self.roles:
+            r.setup(self)
         self.plane = DataPlane(self.device, self.tun, self.udp, on_event=self._on_event)
         now = time.monotonic()
         for peer in self.device.peers.values():
@@ -146,61 +158,42 @@ class Interface:
     def _on_event(self, ev) -> None:
         assert self.plane is not None
         log_event(ev)
-        if ev.kind in ("handshake_retry", "handshake_no_reply", "handshake_gave_up"):
-            now = time.monotonic()
-            last = self._last_resolve.setdefault(ev.peer.public_key, now)
-            if now - last >= RERESOLVE_INTERVAL:
-                self._last_resolve[ev.peer.public_key] = now
-                self._reresolve(ev.peer)
+        self.reresolver.on_event(ev)
 
-    def _reresolve(self, peer) -> None:
-        """Handshakes keep failing: look the peer's Endpoint host name up again (dynamic DNS, moved servers).
-
-        getaddrinfo can block for seconds, so it runs in a thread; the answer is
-        applied in the loop's thread.
-        """
-        pc = next((p for p in self.config.peers if p.public_key == peer.public_key), None)
-        if pc is None or pc.endpoint is None or _is_ip_literal(pc.endpoint[0]):
-            return
-        plane = self.plane
-
-        def work() -> None:
-            try:
-                new = self._resolve(pc.endpoint)
-            except InterfaceError as exc:
-                log.info("%s: %s", self.name, exc)
-                return
-
-            def apply() -> None:
-                if not peer.removed and new != peer.endpoint:
-                    log.info("%s: peer %s: endpoint %s now resolves to %s", self.name, peer.name or "",
-                             pc.endpoint[0], new[0])
-                    peer.endpoint = new
-
-            plane.call_soon_threadsafe(apply)
-
-        threading.Thread(target=work, name="resolve", daemon=True).start()
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        assert self.plane is not None
+        self.plane.call_soon_threadsafe(fn)
 
     def _resolve(self, endpoint: tuple[str, int]):
         host, port = endpoint
         try:
-            return _endpoint_tuple(resolve_endpoint(host, port))
+            return endpoint_tuple(self.options.resolver(host, port))
         except EndpointResolutionError as exc:
             raise InterfaceError(f"cannot resolve endpoint {host}: {exc}") from None
 
     def _routes(self, allowed: list[str]) -> None:
-        iface = self.config.interface
-        table = _table_setting(iface.table)
-        if table == "off":
+        if self.table == "off":
             return
-        defaults, others = netconfig.split_default_routes(allowed)
-        table_id = None if table == "auto" else int(table)
+        # The /0 networks are policy routing's: a role's (client/), as in wg-quick.
+        _, others = netconfig.split_default_routes(allowed)
+        table_id = None if self.table == "auto" else int(self.table)
         if others:
             netconfig.add_routes(self.journal, self.name, others, table=table_id)
-        if defaults and table == "auto":
-            from client import fulltunnel
 
-            fulltunnel.apply(self)
+    def _roles(self) -> list[role.Role]:
+        """The roles the config asks for (each declared role decides), then those handed in."""
+        chosen: list[role.Role] = []
+        try:
+            for cls in role.role_classes():
+                applied = cls.for_interface(self)
+                if applied is not None:
+                    chosen.append(applied)
+        except role.RoleError as exc:
+            raise InterfaceError(str(exc)) from None
+        chosen += self.options.roles
+        if self.options.extra_setup:
+            chosen.append(role.SetupSteps(self.options.extra_setup))
+        return chosen
 
     # ------------------------------------------------------------------
 
@@ -211,10 +204,11 @@ class Interface:
         try:
             self.bring_up()
             assert self.plane is not None
-            # Control socket (wg show/set), metrics, drop summaries: see server/services.py.
-            from server.services import start_services
-
-            services = start_services(self)
+            # Control socket (wg show/set), metrics, drop summaries, roles' services.
+            try:
+                services = start_services(self, self.roles)
+            except ServiceError as exc:
+                raise InterfaceError(str(exc)) from None
             for start in self.options.services:
                 services.append(start(self))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -277,26 +271,11 @@ def _derive_mtu(endpoints) -> int:
     return best if best and best >= 1280 else DEFAULT_MTU
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 def _table_setting(table: str | None) -> str:
     if table is None:
         return "auto"
     t = table.strip().lower()
     return t if t in ("off", "auto") else table
-
-
-def _endpoint_tuple(sockaddr) -> tuple:
-    """Endpoints as recvmsg reports them: (host, port) for IPv4, (host, port, 0, scope) for IPv6."""
-    if len(sockaddr) == 2:
-        return (sockaddr[0], sockaddr[1])
-    return (sockaddr[0], sockaddr[1], 0, sockaddr[3] if len(sockaddr) > 3 else 0)
 
 
 __all__ = ["Interface", "InterfaceError", "Options", "down"]

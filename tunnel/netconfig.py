@@ -1,21 +1,28 @@
-"""Addresses, MTU, link state and AllowedIPs routes of OUR interface, via netlink.
+"""The one place that changes routing state through netlink: our interface's
+addresses, MTU, link state and AllowedIPs routes, and the generic helpers every
+role uses (routes in any table, policy rules). Sysctls: tunnel/sysctl.py.
 
 Rules kept here:
 - every change is written to the Journal (tunnel/undo.py) *before* it is made;
   each kind of change has an `@undoer` that is idempotent ("delete if
   present", "restore if the link still exists"), so a journal left by a crash
   half-way through can always be replayed;
-- an undo only ever touches our interface: routes are deleted by
-  (destination, table, metric, *our* output interface), never by destination
-  alone, so a host route to the same network is left alone;
+- an undo only ever touches what we made: routes on our interface are
+  deleted by (destination, table, metric, *our* output interface), never by
+  destination alone, so a host route to the same network is left alone;
+  rules are deleted by their recorded priority;
 - we work in the current network namespace and never run `ip`: pyroute2 only,
-  one IPRoute socket per call, closed on return;
+  one IPRoute socket per call (or the caller's, passed in), closed on return;
 - the TUN device is created elsewhere (tunnel/tun.py); its undo is the kind
   "link" registered here: delete the link if it exists;
-- routes follow wg-quick: one `NET dev IF` per AllowedIPs network unless a
+- AllowedIPs routes follow wg-quick: one `NET dev IF` per network unless a
   route on this interface in the main table already covers it; /0 networks
-  belong to the client's policy routing (see `split_default_routes`) and are
-  accepted only with an explicit table.
+  belong to policy routing, a role's business (see `split_default_routes`),
+  and are accepted only with an explicit table.
+
+Undo kinds: link, address, route, link_mtu, link_down (our interface);
+routing.route, routing.rule (generic; the names are older than this module
+and stay, so old journals still undo).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-from typing import Iterator, NamedTuple, Sequence
+import socket
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -34,6 +42,11 @@ IFA_F_NODAD = 0x02  # linux/if_addr.h: a tunnel address has no neighbours to col
 IFF_UP = 0x1
 RT_TABLE_MAIN = 254
 RTAX_MTU = "RTAX_MTU"
+FIB_RULE_INVERT = 0x2  # linux/fib_rules.h: `not fwmark ...`
+# wg-quick's fwmark and policy table for full-tunnel configs (`man 8 wg-quick`).
+DEFAULT_FWMARK = 51820
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +92,21 @@ def _family(net: IPNetwork | ipaddress.IPv4Interface | ipaddress.IPv6Interface) 
 def _network(text: str) -> IPNetwork:
     # AllowedIPs may carry host bits ("10.0.0.1/24"); `wg` masks them, so do we.
     return ipaddress.ip_network(text.strip(), strict=False)
+
+
+def is_full_tunnel(allowed_ips: Iterable[str]) -> tuple[bool, bool]:
+    """(v4, v6): whether AllowedIPs contains 0.0.0.0/0 and ::/0 respectively.
+
+    Like wg-quick, only an exact /0 switches to policy routing; 0.0.0.0/1 +
+    128.0.0.0/1 style configs are ordinary routes.
+    """
+    v4 = v6 = False
+    for text in allowed_ips:
+        net = _network(text)
+        if net.prefixlen == 0:
+            v4 |= net.version == 4
+            v6 |= net.version == 6
+    return v4, v6
 
 
 def split_default_routes(networks: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -127,7 +155,27 @@ def route_get(dst: str) -> RouteToEndpoint:
         )
 
 
-# -- changing --------------------------------------------------------------------
+def free_table(start: int = DEFAULT_FWMARK) -> int:
+    """First table number >= START with no IPv4 or IPv6 route (wg-quick's search)."""
+    table = start
+    with _iproute() as ipr:
+        while any(ipr.route("dump", family=_AF[f], table=table) for f in (4, 6)):
+            table += 1
+    return table
+
+
+def rule_priority(ipr: IPRoute, family: int) -> int:
+    """What the kernel gives a rule added without priority: just above the first after 0."""
+    prios = [r.get("FRA_PRIORITY") or 0 for r in ipr.get_rules(family=_AF[family])]
+    prios = [p for p in prios if p > 0]
+    return (min(prios) if prios else 32766) - 1
+
+
+def table_has_routes(ipr: IPRoute, family: int, table: int) -> bool:
+    return bool(ipr.route("dump", family=_AF[family], table=table))
+
+
+# -- changing our interface ----------------------------------------------------------
 
 
 def set_up(journal: Journal, ifname: str, addresses: Sequence[str], mtu: int) -> None:
@@ -234,6 +282,60 @@ def delete_link(ifname: str) -> bool:
         return True
 
 
+# -- generic: routes in any table, policy rules ---------------------------------
+
+
+def _rule_kwargs(family: int, priority: int, table: int, fwmark: int | None,
+                 invert: bool, suppress_prefixlen: int | None) -> dict:
+    kw = {"family": _AF[family], "priority": priority, "table": table}
+    if fwmark is not None:
+        kw["fwmark"] = fwmark
+    if invert:
+        kw["flags"] = FIB_RULE_INVERT
+    if suppress_prefixlen is not None:
+        kw["suppress_prefixlen"] = suppress_prefixlen
+    return kw
+
+
+def add_rule(journal: Journal, ipr: IPRoute, family: int, priority: int, table: int,
+             fwmark: int | None = None, invert: bool = False,
+             suppress_prefixlen: int | None = None) -> None:
+    """Add a policy rule at an explicit PRIORITY (so that its undo deletes exactly it), recorded first."""
+    spec = dict(family=family, priority=priority, table=table, fwmark=fwmark,
+                invert=invert, suppress_prefixlen=suppress_prefixlen)
+    journal.record("routing.rule", **spec)
+    ipr.rule("add", **_rule_kwargs(**spec))
+
+
+def _generic_route_kwargs(ipr: IPRoute, family: int, table: int, dst: str, type: str,
+                          ifname: str | None, gateway: str | None) -> dict | None:
+    net = ipaddress.ip_network(dst)
+    kw = {"family": _AF[family], "table": table, "dst": str(net.network_address),
+          "dst_len": net.prefixlen, "type": type}
+    if ifname is not None:
+        index = _index(ipr, ifname)
+        if index is None:
+            return None  # the link is gone, and its routes with it
+        kw["oif"] = index
+    if gateway is not None:
+        kw["gateway"] = gateway
+    return kw
+
+
+def add_route(journal: Journal, ipr: IPRoute, dst: str, table: int = RT_TABLE_MAIN,
+              ifname: str | None = None, gateway: str | None = None,
+              type: str = "unicast") -> None:
+    """Add route DST (dev IFNAME / via GATEWAY / unreachable) to TABLE, recorded first."""
+    family = ipaddress.ip_network(dst).version
+    spec = dict(family=family, table=table, dst=str(ipaddress.ip_network(dst)), type=type,
+                ifname=ifname, gateway=gateway)
+    journal.record("routing.route", **spec)
+    kw = _generic_route_kwargs(ipr, **spec)
+    if kw is None:
+        raise NetconfigError(f"no interface {ifname!r} to route {dst} through")
+    ipr.route("add", **kw)
+
+
 # -- undo kinds ------------------------------------------------------------------
 # Each runs in a fresh process as easily as in ours, and twice as easily as once.
 
@@ -284,3 +386,26 @@ def _undo_link_up(ifname: str) -> None:
         idx = _index(ipr, ifname)
         if idx is not None:
             ipr.link("set", index=idx, state="down")
+
+
+@undoer("routing.rule")
+def _delete_rule(**spec) -> None:
+    with _iproute() as ipr:
+        try:
+            ipr.rule("del", **_rule_kwargs(**spec))
+        except NetlinkError as exc:
+            if exc.code not in _GONE:
+                raise
+
+
+@undoer("routing.route")
+def _delete_route(**spec) -> None:
+    with _iproute() as ipr:
+        kw = _generic_route_kwargs(ipr, **spec)
+        if kw is None:
+            return
+        try:
+            ipr.route("del", **kw)
+        except NetlinkError as exc:
+            if exc.code not in _GONE:
+                raise

@@ -24,7 +24,14 @@ def _privileges() -> str | None:
 
 
 def run_up(path: str, *, vnet_hdr: bool = True, killswitch: bool | None = None, on_ready=None,
-           state_dir: str | None = None, extra_setup=None, services=None) -> str | None:
+           state_dir: str | None = None, roles=(), extra_setup=None, services=None) -> str | None:
+    """Run the interface of the config at PATH until SIGINT/SIGTERM; None, or the failure message.
+
+    ROLES (tunnel.role.Role instances), EXTRA_SETUP (functions of the
+    interface) and SERVICES (functions of the brought-up interface returning
+    something to close()) are what the caller hands in, after the roles the
+    config asks for by itself.
+    """
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -35,7 +42,7 @@ def run_up(path: str, *, vnet_hdr: bool = True, killswitch: bool | None = None, 
     for warning in config.warnings:
         log.warning("%s", warning)
     options = Options(vnet_hdr=vnet_hdr, killswitch=killswitch, on_ready=on_ready, state_dir=state_dir,
-                      extra_setup=list(extra_setup or []), services=list(services or []))
+                      roles=list(roles), extra_setup=list(extra_setup or []), services=list(services or []))
     try:
         Interface(config, options).run()
     except (InterfaceError, HookError) as exc:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 
-from server import control
+from . import control
+from .protocol.crypto import encode_key
 
 
 def ago(timestamp: int, now: float) -> str:
@@ -51,8 +52,6 @@ def status(ifname: str, socket_dir: str = control.SOCKET_DIR) -> dict:
     for line in answer.split("\n"):
         if line.startswith("json="):
             return json.loads(line[5:])
-    from .protocol.crypto import encode_key
-
     iface, peers = control.parse_get(control.request(ifname, "get=1", socket_dir))
     return {
         "interface": ifname,

@@ -6,7 +6,14 @@ Rules kept here (sshuttle's habit, made crash-proof):
   might exist, and `undo_all` run by `tunnel down` or the next `tunnel up`
   removes them;
 - an undo is a (kind, params) pair of plain JSON, so that a fresh process can
-  run it; the code for each kind is registered with `@undoer("kind")`;
+  run it; each module that changes the OS registers the code for its own
+  kinds with `@undoer("kind")`, and this journal names no module: each step
+  carries the module that registered its kind, imported by a fresh process
+  (`tunnel down` after a crash) before the step is undone; only modules of
+  tunnel and of the packages that plug into it are imported (role.py);
+  a step written before steps named their module is looked up among the
+  kinds registered so far, then those of the declared roles, then those
+  of every module of tunnel;
 - every undo is idempotent ("delete if present", "restore if still ours"), so
   undoing a change that was never completed, or undoing twice, is harmless;
 - undo runs newest first, each step in its own try: one failure does not
@@ -15,40 +22,26 @@ Rules kept here (sshuttle's habit, made crash-proof):
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import role
 from .secrets import write_private_file
 
 UndoFn = Callable[..., None]
 _UNDOERS: dict[str, UndoFn] = {}
 
 DEFAULT_STATE_DIR = "/run/tunnel"
-
-# Every module that registers undoers: imported before undoing, so that a
-# fresh `tunnel down` process knows every kind an earlier run recorded.
-UNDOER_MODULES = (
-    "tunnel.netconfig",
-    "tunnel.nft",
-    "tunnel.tun",
-    "client.routing",
-    "client.dns",
-    "client.killswitch",
-    "server.gateway",
-    "server.control",
-)
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def load_undoers() -> None:
-    import importlib
-
-    for name in UNDOER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+class UndoLookupError(LookupError):
+    """No code to undo a recorded step: unknown kind, or a module we refuse to import."""
 
 
 def undoer(kind: str) -> Callable[[UndoFn], UndoFn]:
@@ -90,9 +83,10 @@ class Journal:
 
     def record(self, kind: str, **params: Any) -> None:
         """Write down how to undo a change, before making it."""
-        if kind not in _UNDOERS:
+        fn = _UNDOERS.get(kind)
+        if fn is None:
             raise KeyError(f"no undoer registered for {kind!r}")
-        self.steps.append({"kind": kind, "params": params})
+        self.steps.append({"kind": kind, "module": fn.__module__, "params": params})
         self._save()
 
     def undo_all(self) -> list[str]:
@@ -101,16 +95,12 @@ class Journal:
         A step that failed, or whose kind no module registers, stays in the
         state file so that a later `tunnel down` can try it again.
         """
-        load_undoers()
         failures: list[str] = []
         kept: list[dict[str, Any]] = []
         while self.steps:
             step = self.steps[-1]
-            fn = _UNDOERS.get(step["kind"])
             try:
-                if fn is None:
-                    raise KeyError(f"unknown change kind {step['kind']!r}")
-                fn(**step.get("params", {}))
+                _undoer_for(step)(**step.get("params", {}))
             except Exception as exc:  # each step on its own: the rest must still run
                 failures.append(f"undo {step['kind']}: {exc}")
                 kept.insert(0, step)
@@ -137,3 +127,60 @@ class Journal:
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         # Atomic, 0600, and the rename itself fsynced: a power cut keeps the journal.
         write_private_file(self.path, json.dumps({"version": 1, "steps": self.steps}))
+
+
+def _undoer_for(step: dict[str, Any]) -> UndoFn:
+    """The code that undoes STEP, importing the module that registered its kind if need be."""
+    kind = step["kind"]
+    module = step.get("module")
+    problems: list[str] = []
+    if kind not in _UNDOERS and module is not None:
+        problem = _import_ours(str(module))
+        if problem:
+            problems.append(problem)
+    if kind not in _UNDOERS:
+        # Written before steps named their module (or the kind has moved
+        # since): the declared roles' modules and the library's own register
+        # their kinds when imported.
+        for ep in role.entry_points():
+            try:
+                role.load(ep)
+            except role.RoleError as exc:
+                problems.append(str(exc))
+            if kind in _UNDOERS:
+                break
+        else:
+            problems += _import_library()
+    fn = _UNDOERS.get(kind)
+    if fn is None:
+        where = f" (module {module})" if module is not None else ""
+        raise UndoLookupError(f"unknown change kind {kind!r}{where}" + "".join(f"; {p}" for p in problems))
+    return fn
+
+
+def _import_library() -> list[str]:
+    """Import every module of this package (for a journal from before steps named their module)."""
+    package = importlib.import_module(__name__.rpartition(".")[0])
+    problems = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.endswith(".__main__"):  # running it would run the command line
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # its kinds stay unknown; the step is kept and reported
+            problems.append(f"cannot import {info.name}: {exc}")
+    return problems
+
+
+def _import_ours(module: str) -> str | None:
+    """Import MODULE if it belongs to tunnel or a package that plugs into it; a problem to report, or None.
+
+    A journal is a file: only our own code may be named in it for import.
+    """
+    if not _MODULE_NAME.fullmatch(module) or module.partition(".")[0] not in role.packages():
+        raise UndoLookupError(f"refusing to import {module!r}: not a module of ours")
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:  # moved or uninstalled since: the roles may still know the kind
+        return f"cannot import {module}: {exc}"
+    return None

@@ -17,7 +17,8 @@ import shutil
 import subprocess
 import time
 
-from .config import load_config
+from tunnel.config import load_config
+
 from .lab import CLIENT_INNER, SERVER_INNER, Lab, LabError
 
 KINDS = ("tunnel", "tunnel-nooffload", "wireguard-go")

@@ -8,6 +8,11 @@ dashboards work unchanged:
 and our interface counters as tunnel_* (packets, bytes, drops by reason,
 handshakes, cookie replies, peers).
 
+It serves every interface that sets MetricsAddress in [Interface], client
+or server: the figures are the data plane's and the protocol core's, nothing
+a role adds. prometheus-client is optional (the `metrics` extra): without it
+an interface that asks for metrics fails to start with a one-line message.
+
 Rules kept here:
 - served by prometheus_client's HTTP thread, never by the data-plane loop;
 - that thread only reads: it copies the peer dict and the drop counter
@@ -22,6 +27,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 from typing import Any, Callable
+
+from .protocol.crypto import encode_key
 
 log = logging.getLogger("tunnel")
 
@@ -64,9 +71,7 @@ class TunnelCollector:
         self.stats = stats
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        from tunnel.protocol.crypto import encode_key
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # optional: see start()
 
         labels = ["interface", "public_key", "allowed_ips", "friendly_name"]
         sent = CounterMetricFamily("wireguard_sent_bytes_total", "Bytes sent to the peer", labels=labels)
@@ -130,7 +135,11 @@ class MetricsServer:
 
 def start(ifname: str, device, stats, address: str | tuple[str, int]) -> MetricsServer:
     """Serve the metrics of one interface at ADDRESS ("HOST:PORT", or (host, port) where 0 picks one)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server  # optional package
+    except ImportError:
+        raise MetricsError("MetricsAddress needs the prometheus-client package "
+                           "(pip install 'tunnel[metrics]')") from None
 
     host, port = parse_address(address) if isinstance(address, str) else address
     registry = CollectorRegistry(auto_describe=False)

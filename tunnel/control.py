@@ -1,7 +1,8 @@
 """The control socket /var/run/wireguard/IFACE.sock, served inside the data-plane loop.
 
 `wg show`, `wg set`, `wg setconf`, `wg syncconf`, `tunnel show` and
-`tunnel server add-client` all talk to it (protocol: server/uapi.py).
+`tunnel server add-client` all talk to it (protocol: tunnel/uapi.py). It serves
+every interface, client or server, as wireguard-go's device/uapi.go does.
 
 Rules kept here:
 - never blocks the loop: the listening socket and every connection are
@@ -27,7 +28,8 @@ import socket
 import time
 from typing import Callable
 
-from tunnel.undo import undoer
+from .uapi import Context, handle
+from .undo import undoer
 
 log = logging.getLogger("tunnel")
 
@@ -290,8 +292,6 @@ def parse_get(answer: str) -> tuple[dict[str, str], list[dict[str, object]]]:
 
 def attach(interface, socket_dir: str = SOCKET_DIR) -> ControlServer:
     """Serve the control socket of a brought-up Interface from its data-plane loop."""
-    from server.uapi import Context, handle
-
     plane = interface.plane
     ctx = Context(
         device=interface.device,

@@ -1,4 +1,4 @@
-"""A tiny two-namespace lab for `tunnel demo` and `tunnel bench`.
+"""A tiny two-namespace lab for `tunnel demo` and `tunnel bench` (tunnel_lab: outside the library).
 
     +------------- NS-srv -------------+        +------------- NS-cli -------------+
     | tunnel up (tunNNNs)              |        | tunnel up (tunNNNc)              |
@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-from .keys import generate_private_key, public_key_of
-from .secrets import write_private_file
+from tunnel.keys import generate_private_key, public_key_of
+from tunnel.secrets import write_private_file
 
 SERVER_UNDERLAY = "10.76.0.1"
 CLIENT_UNDERLAY = "10.76.0.2"

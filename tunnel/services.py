@@ -2,25 +2,32 @@
 
 - the control socket (wg show / wg set / tunnel show / server add-client);
 - the Prometheus endpoint when the config sets MetricsAddress;
-- the periodic drop summary in the log.
+- the periodic drop summary in the log;
+- then whatever each role of the interface hands in (Role.services).
+
+These serve client and server interfaces alike: nothing here is a role's.
 
 Rules kept here: a control socket that cannot be had (the same name is
 served from another namespace) is a warning, not a failure; any other
-service that fails to start undoes the ones started before it and raises
-(the interface is then torn down with a clear message); closing is each
-service's own `close()`, called newest first.
+service that fails to start closes the ones started before it and raises
+ServiceError (the interface is then torn down with a clear message);
+closing is each service's own `close()`, called newest first.
 """
 
 from __future__ import annotations
 
 import logging
 
-from server import control, droplog, metrics
+from . import control, droplog, metrics
 
 log = logging.getLogger("tunnel")
 
 
-def start_services(interface, socket_dir: str = control.SOCKET_DIR) -> list:
+class ServiceError(RuntimeError):
+    """A service of the interface could not start; the message says which and why."""
+
+
+def start_services(interface, roles=(), socket_dir: str = control.SOCKET_DIR) -> list:
     started: list = []
     try:
         try:
@@ -35,10 +42,12 @@ def start_services(interface, socket_dir: str = control.SOCKET_DIR) -> list:
         if served is not None:
             started.append(served)
         started.append(droplog.DropSummary(interface.name, interface.plane.stats))
-    except (control.ControlError, metrics.MetricsError, OSError) as exc:
+        for role in roles:
+            started.extend(role.services(interface))
+    except Exception as exc:  # each started one is closed, whatever failed
         for service in reversed(started):
             service.close()
-        from tunnel.interface import InterfaceError
-
-        raise InterfaceError(f"{interface.name}: {exc}") from None
+        if isinstance(exc, (control.ControlError, metrics.MetricsError, OSError)):
+            raise ServiceError(f"{interface.name}: {exc}") from None
+        raise
     return started

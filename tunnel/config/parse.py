@@ -1,188 +1,32 @@
-"""wg-quick configuration files: parse, check, write back, strip to `wg setconf`.
+"""wg-quick text to a Config: one pass over the lines, every mistake a ConfigError.
 
-The format is wg-quick(8)'s, unchanged: an [Interface] section and any number
-of [Peer] sections, `Key = Value` lines, keys matched case-insensitively,
-everything from `#` to the end of a line a comment (inside values too, as
-wg-quick and wg do), blank lines ignored.
-
-Rules kept here:
-- parsing is pure: text in, dataclasses out. No name is resolved (an Endpoint
-  stays (host, port); `resolve_endpoint` does the I/O, for the daemons to call)
-  and no file is touched except by `load_config`.
-- every mistake raises ConfigError naming the file, the line and the key;
-  messages never contain key material (a bad key is described, not echoed).
-- repeatable keys (Address, DNS, AllowedIPs, the hooks) accumulate in order;
-  any other key given twice keeps the last value, as wg-quick does, except a
-  second PublicKey in one [Peer], which is almost surely a lost [Peer] line.
-- unknown keys are errors, except our own extensions: the keys listed in
-  InterfaceConfig.EXTENSION_KEYS / PeerConfig.EXTENSION_KEYS (wg-quick would
-  pass such keys to `wg`, which refuses them, so files using them are ours).
-  Their raw values land in `.extensions[CanonicalName]` (a list, in order).
-  A comment line `# Name = alice` inside a [Peer] names that peer.
-- `Config.to_text()` writes a file that parses back to an equal Config;
-  `Config.strip_wg_quick()` keeps only what `wg setconf` accepts.
+Rules kept here: pure (text in, dataclasses out); messages name the file,
+the line and the key and never echo key material (see __init__.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import socket
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
-from typing import Callable, ClassVar
+from ipaddress import IPv4Address
+from typing import Callable
 
-from tunnel.protocol.crypto import DH_PUBKEY, KeyError_, decode_key, encode_key
-from tunnel.secrets import InsecureFileError, read_private_file
+from ..protocol.crypto import KeyError_, decode_key
+from .model import (
+    MTU_MAX,
+    MTU_MIN_IPV4,
+    MTU_MIN_IPV6,
+    Config,
+    ConfigError,
+    InterfaceConfig,
+    IPAddress,
+    IPInterface,
+    PeerConfig,
+)
 
-__all__ = [
-    "ConfigError",
-    "EndpointResolutionError",
-    "InterfaceConfig",
-    "PeerConfig",
-    "Config",
-    "parse_config",
-    "load_config",
-    "interface_name_from_path",
-    "resolve_endpoint",
-    "MTU_MIN_IPV4",
-    "MTU_MIN_IPV6",
-    "MTU_MAX",
-]
-
-IPAddress = IPv4Address | IPv6Address
-IPInterface = IPv4Interface | IPv6Interface
-IPNetwork = IPv4Network | IPv6Network
-
-MTU_MIN_IPV4 = 576  # RFC 791: every IPv4 host must accept this
-MTU_MIN_IPV6 = 1280  # RFC 8200: Linux disables IPv6 on a link below this
-MTU_MAX = 65535
-
-_INTERFACE_NAME = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NAME_COMMENT = re.compile(r"#\s*name\s*=(.*)", re.IGNORECASE)
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-class ConfigError(ValueError):
-    """A configuration file we refuse; str() is `file:line: what is wrong`."""
-
-    def __init__(self, filename: str, line: int | None, message: str, text: str | None = None):
-        self.filename = filename
-        self.line = line
-        self.message = message
-        where = f"{filename}:{line}" if line is not None else filename
-        # `text` replaces the usual form when the message already names the file.
-        super().__init__(text or f"{where}: {message}")
-
-
-class EndpointResolutionError(OSError):
-    """An Endpoint host name that did not resolve to an IPv4 or IPv6 address."""
-
-
-# --- the model ------------------------------------------------------------------
-
-
-@dataclass
-class InterfaceConfig:
-    """The [Interface] section. None means "not given" (wg-quick's default applies)."""
-
-    # Our own keys, lower case -> spelling used when writing. Later features add
-    # theirs here (e.g. "killswitch": "KillSwitch"); wg-quick never sees them.
-    EXTENSION_KEYS: ClassVar[dict[str, str]] = {
-        "killswitch": "KillSwitch",  # on/off; default on for full-tunnel configs
-        "metricsaddress": "MetricsAddress",  # host:port of the Prometheus endpoint
-    }
-
-    private_key: bytes = field(repr=False)
-    listen_port: int | None = None  # 0: the kernel picks one
-    fwmark: int | None = None  # 0: off
-    addresses: list[IPInterface] = field(default_factory=list)
-    dns: list[IPAddress] = field(default_factory=list)
-    dns_search: list[str] = field(default_factory=list)
-    mtu: int | None = None
-    table: str | None = None  # "off", "auto", a number in decimal, or a table name
-    pre_up: list[str] = field(default_factory=list)
-    post_up: list[str] = field(default_factory=list)
-    pre_down: list[str] = field(default_factory=list)
-    post_down: list[str] = field(default_factory=list)
-    save_config: bool = False  # accepted; we never rewrite the file on shutdown
-    extensions: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def public_key(self) -> bytes:
-        return DH_PUBKEY(self.private_key)
-
-    def extension(self, name: str) -> str | None:
-        """The last value of extension key `name` (canonical spelling), or None."""
-        values = self.extensions.get(name)
-        return values[-1] if values else None
-
-
-@dataclass
-class PeerConfig:
-    """One [Peer] section."""
-
-    EXTENSION_KEYS: ClassVar[dict[str, str]] = {}
-
-    public_key: bytes
-    preshared_key: bytes | None = field(default=None, repr=False)
-    allowed_ips: list[IPInterface] = field(default_factory=list)  # as written, host bits kept
-    endpoint: tuple[str, int] | None = None  # (host unresolved, port); IPv6 without brackets
-    persistent_keepalive: int | None = None  # seconds; 0: off
-    name: str | None = None  # from a `# Name = ...` comment
-    extensions: dict[str, list[str]] = field(default_factory=dict)
-
-    def allowed_networks(self) -> list[IPNetwork]:
-        """AllowedIPs with host bits cleared, duplicates dropped, order kept: what routing uses."""
-        seen: dict[IPNetwork, None] = {}
-        for iface in self.allowed_ips:
-            seen.setdefault(iface.network, None)
-        return list(seen)
-
-    def extension(self, name: str) -> str | None:
-        values = self.extensions.get(name)
-        return values[-1] if values else None
-
-
-@dataclass
-class Config:
-    interface: InterfaceConfig
-    peers: list[PeerConfig] = field(default_factory=list)
-    name: str | None = None  # interface name, from the file name
-    # Things accepted but worth telling the user (e.g. SaveConfig is ignored).
-    warnings: list[str] = field(default_factory=list, compare=False)
-
-    def peer(self, public_key: bytes) -> PeerConfig | None:
-        for p in self.peers:
-            if p.public_key == public_key:
-                return p
-        return None
-
-    def to_text(self) -> str:
-        """The file, in wg-quick format; parse_config(to_text()) == self."""
-        return _write(self)
-
-    def strip_wg_quick(self) -> Config:
-        """A copy holding only what `wg setconf` understands, like `wg-quick strip`."""
-        i = self.interface
-        iface = InterfaceConfig(private_key=i.private_key, listen_port=i.listen_port, fwmark=i.fwmark)
-        peers = [
-            PeerConfig(
-                public_key=p.public_key,
-                preshared_key=p.preshared_key,
-                allowed_ips=list(p.allowed_ips),
-                endpoint=p.endpoint,
-                persistent_keepalive=p.persistent_keepalive,
-            )
-            for p in self.peers
-        ]
-        return Config(interface=iface, peers=peers, name=self.name)
-
-    def to_setconf_text(self) -> str:
-        """The text `wg setconf` accepts: strip_wg_quick().to_text()."""
-        return self.strip_wg_quick().to_text()
 
 
 # --- value parsers: each takes the value text, returns the value or raises _Bad ---
@@ -537,112 +381,3 @@ def parse_config(text: str, filename: str = "<config>", name: str | None = None)
     config = _Parser(filename).parse(text)
     config.name = name
     return config
-
-
-def interface_name_from_path(path: str | os.PathLike) -> str:
-    """The interface name wg-quick derives from a file name: `wg0.conf` -> `wg0`."""
-    base = os.path.basename(os.fspath(path))
-    stem, dot, ext = base.rpartition(".")
-    if not dot or ext != "conf" or not _INTERFACE_NAME.fullmatch(stem):
-        raise ConfigError(
-            os.fspath(path), None,
-            "the file name must be an interface name (1-15 of a-z A-Z 0-9 _ = + . -) followed by .conf",
-        )
-    return stem
-
-
-def load_config(path: str | os.PathLike) -> Config:
-    """Read, check and parse a private wg-quick file. Raises ConfigError only."""
-    filename = os.fspath(path)
-    name = interface_name_from_path(filename)
-    try:
-        data = read_private_file(filename)
-    except InsecureFileError as e:
-        raise ConfigError(filename, None, str(e), text=str(e)) from None
-    except OSError as e:
-        raise ConfigError(filename, None, f"cannot read: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(filename, data.count(b"\n", 0, e.start) + 1, "not UTF-8 text") from None
-    return parse_config(text, filename=filename, name=name)
-
-
-# --- the writer -----------------------------------------------------------------------
-
-
-def _check_value(key: str, value: str) -> str:
-    # A newline would start a new line and a '#' would silently cut the value
-    # when read back: refuse to write either.
-    if "\n" in value or "\r" in value or "#" in value:
-        raise ValueError(f"{key}: a value cannot contain a newline or '#'")
-    return value
-
-
-def _format_endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _write(config: Config) -> str:
-    i = config.interface
-    lines = ["[Interface]", f"PrivateKey = {encode_key(i.private_key)}"]
-    if i.listen_port is not None:
-        lines.append(f"ListenPort = {i.listen_port}")
-    if i.fwmark is not None:
-        lines.append(f"FwMark = {hex(i.fwmark) if i.fwmark else 'off'}")
-    if i.addresses:
-        lines.append("Address = " + ", ".join(str(a) for a in i.addresses))
-    if i.dns or i.dns_search:
-        lines.append("DNS = " + ", ".join([str(a) for a in i.dns] + [_check_value("DNS", d) for d in i.dns_search]))
-    if i.mtu is not None:
-        lines.append(f"MTU = {i.mtu}")
-    if i.table is not None:
-        lines.append(f"Table = {_check_value('Table', i.table)}")
-    for key, hooks in (("PreUp", i.pre_up), ("PostUp", i.post_up), ("PreDown", i.pre_down), ("PostDown", i.post_down)):
-        lines += [f"{key} = {_check_value(key, h)}" for h in hooks]
-    if i.save_config:
-        lines.append("SaveConfig = true")
-    lines += _extension_lines(i.extensions)
-    for p in config.peers:
-        lines += ["", "[Peer]"]
-        if p.name is not None:
-            lines.append(f"# Name = {_check_value('Name', p.name)}")
-        lines.append(f"PublicKey = {encode_key(p.public_key)}")
-        if p.preshared_key is not None:
-            lines.append(f"PresharedKey = {encode_key(p.preshared_key)}")
-        if p.allowed_ips:
-            lines.append("AllowedIPs = " + ", ".join(str(a) for a in p.allowed_ips))
-        if p.endpoint is not None:
-            lines.append(f"Endpoint = {_check_value('Endpoint', _format_endpoint(*p.endpoint))}")
-        if p.persistent_keepalive is not None:
-            lines.append(f"PersistentKeepalive = {p.persistent_keepalive or 'off'}")
-        lines += _extension_lines(p.extensions)
-    return "\n".join(lines) + "\n"
-
-
-def _extension_lines(extensions: dict[str, list[str]]) -> list[str]:
-    return [f"{key} = {_check_value(key, v)}" for key, values in extensions.items() for v in values]
-
-
-# --- name resolution (I/O: for the daemons, never the protocol core) -------------------
-
-
-def resolve_endpoint(host: str, port: int, family_preference: int = socket.AF_UNSPEC) -> tuple:
-    """Resolve an Endpoint to a socket address (2-tuple for IPv4, 4-tuple for IPv6).
-
-    `family_preference` is socket.AF_INET, AF_INET6 or AF_UNSPEC: the first
-    address of the preferred family is taken when there is one, otherwise the
-    resolver's first answer. Raises EndpointResolutionError.
-    """
-    try:
-        answers = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    except (socket.gaierror, UnicodeError) as e:
-        raise EndpointResolutionError(f"cannot resolve {host!r}: {e}") from None
-    usable = [a for a in answers if a[0] in (socket.AF_INET, socket.AF_INET6)]
-    if not usable:
-        raise EndpointResolutionError(f"{host!r} has no IPv4 or IPv6 address")
-    for family, _type, _proto, _canon, sockaddr in usable:
-        if family == family_preference:
-            return sockaddr
-    return usable[0][4]
-

@@ -28,7 +28,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tunnel.protocol.constants import KEY_LEN
+from .protocol.constants import KEY_LEN
+from .protocol.crypto import encode_key
 
 log = logging.getLogger("tunnel")
 
@@ -100,8 +101,6 @@ def format_get(ctx: Context) -> str:
 
 def extended_status(ctx: Context) -> dict:
     """Everything `tunnel show` prints, as plain JSON-able data (public keys in base64)."""
-    from tunnel.protocol.crypto import encode_key
-
     device = ctx.device
     peers = []
     for peer in list(device.peers.values()):
@@ -328,8 +327,6 @@ def apply_set(req: SetRequest, ctx: Context) -> None:
 def _label(peer) -> str:
     if peer.name:
         return peer.name
-    from tunnel.protocol.crypto import encode_key
-
     return encode_key(peer.public_key)[:8] + "…"
 
 
