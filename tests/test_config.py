@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from ipaddress import ip_address, ip_interface, ip_network
 
 import pytest
 
+from tests.helpers.netns import wireguard_go
 from tunnel.config import (
     Config,
     ConfigError,
-    EndpointResolutionError,
     InterfaceConfig,
     PeerConfig,
     interface_name_from_path,
     load_config,
     parse_config,
-    resolve_endpoint,
 )
 from tunnel.protocol.crypto import DH_PUBKEY, clamp, encode_key
 
@@ -571,55 +569,12 @@ def test_load_checks_name_before_reading(tmp_path):
         load_config(p)
 
 
-# --- resolution ---------------------------------------------------------------------
-
-
-def test_resolve_literals():
-    assert resolve_endpoint("127.0.0.1", 51820) == ("127.0.0.1", 51820)
-    assert resolve_endpoint("::1", 51820)[:2] == ("::1", 51820)
-    assert len(resolve_endpoint("::1", 1)) == 4  # an IPv6 sockaddr
-
-
-def test_resolve_prefers_family(monkeypatch):
-    answers = [
-        (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("2001:db8::1", 7, 0, 0)),
-        (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("192.0.2.1", 7)),
-    ]
-    calls = []
-
-    def fake(host, port, *args):
-        calls.append((host, port))
-        return answers
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-    assert resolve_endpoint("vpn.example.com", 7, socket.AF_INET) == ("192.0.2.1", 7)
-    assert resolve_endpoint("vpn.example.com", 7, socket.AF_INET6) == ("2001:db8::1", 7, 0, 0)
-    assert resolve_endpoint("vpn.example.com", 7) == ("2001:db8::1", 7, 0, 0)  # the resolver's order
-    answers[:] = answers[:1]
-    assert resolve_endpoint("vpn.example.com", 7, socket.AF_INET) == ("2001:db8::1", 7, 0, 0)  # only choice
-    assert calls[0] == ("vpn.example.com", 7)
-
-
-def test_resolve_failure(monkeypatch):
-    def fail(*args):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", fail)
-    with pytest.raises(EndpointResolutionError, match="cannot resolve 'nowhere.invalid'"):
-        resolve_endpoint("nowhere.invalid", 1)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a: [(socket.AF_UNIX, 2, 0, "", "/x")])
-    with pytest.raises(EndpointResolutionError, match="no IPv4 or IPv6 address"):
-        resolve_endpoint("odd", 1)
-
-
 # --- the real wg(8) accepts what we strip ----------------------------------------------
 
 
 @pytest.mark.netns
 def test_real_wg_setconf_accepts_stripped_file(netns_factory):
     """`wg setconf` on a wireguard-go device takes our stripped file; `wg showconf` reads back the same."""
-    from tests.netns import wireguard_go
-
     topo = netns_factory("tcf")
     ns = topo.netns("a")
     ifname = topo.unique_ifname("tcf")

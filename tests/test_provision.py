@@ -1,30 +1,28 @@
-"""Server provisioning on the registry, the old-layout migration, the CLI's errors, QR codes, metrics
-and drop summaries (no root needed)."""
+"""Server provisioning on the registry, the old-layout migration, the CLI's errors and QR codes
+(no root needed). Metrics and drop summaries serve every interface: tests/test_services.py."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import json
 import os
 import stat
 import struct
-import threading
-import urllib.request
+import subprocess
+import sys
 import zlib
 
 import pytest
 from click.testing import CliRunner
 
-from server import control, droplog, metrics, provision, qr
+from server import provision, qr
 from server.expiry import ExpiryError, describe_expiry, parse_expiry
 from server.provision import ProvisionError
 from server.registry import open_registry
+from tests.helpers.daemon import fake_daemon
 from tunnel.cli import main as cli
 from tunnel.config import Config, InterfaceConfig, PeerConfig, load_config, parse_config
-from tunnel.dataplane import Stats
-from tunnel.protocol import Device
 from tunnel.protocol.crypto import DH_GENERATE, DH_PUBKEY, encode_key
 
 IF = "wgp0"
@@ -36,33 +34,6 @@ def srv(tmp_path):
     provision.init_server(d, IF, "vpn.example.com", pools=["10.8.0.0/29", "fd08::/64"], dns=["10.8.0.1"],
                           sites=["192.168.50.0/24"], gateway="gw1")
     return d, str(tmp_path / "run")  # (config dir, socket dir with no daemon)
-
-
-@contextlib.contextmanager
-def fake_daemon(socket_dir: str, answer):
-    """A control socket that answers every request with ANSWER (text, or a function of the request)."""
-    seen: list[str] = []
-
-    def handler(text: str) -> str:
-        seen.append(text)
-        return answer(text) if callable(answer) else answer
-
-    server = control.ControlServer(IF, handler, socket_dir)
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            server.on_readable()
-            stop.wait(0.005)
-
-    t = threading.Thread(target=loop)
-    t.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        t.join()
-        server.close()
 
 
 def _registry(d: str):
@@ -209,7 +180,7 @@ def test_the_running_daemon_is_watched_not_told(srv):
         assert request.startswith("get=1"), request  # never a set: the reconciler applies changes
         return "".join(f"public_key={k}\n" for k in held) + "errno=0\n\n"
 
-    with fake_daemon(sockets, answer):
+    with fake_daemon(IF, sockets, answer):
         with _registry(d):
             pass
         provision.CONFIRM_TIMEOUT, old = 0.3, provision.CONFIRM_TIMEOUT
@@ -233,7 +204,7 @@ def test_list_shows_live_state(srv):
     answer = (f"private_key={'00' * 32}\nlisten_port=51820\npublic_key={DH_PUBKEY(parse_config(bob.config_text).interface.private_key).hex()}\n"
               "endpoint=192.0.2.9:1234\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=0\n"
               "tx_bytes=10\nrx_bytes=20\nallowed_ip=10.8.0.3/32\nerrno=0\n\n")
-    with fake_daemon(sockets, answer):
+    with fake_daemon(IF, sockets, answer):
         alice, bob_info = provision.list_clients(d, IF, sockets)
     assert not alice.online and alice.latest_handshake == 0
     assert bob_info.online and bob_info.endpoint == "192.0.2.9:1234" and bob_info.groups == ["work"]
@@ -491,51 +462,6 @@ def test_svg_and_terminal_forms(tmp_path):
     assert qr.terminal(text, invert=True).splitlines()[0] == " " * len(modules)
 
 
-# --- metrics and drop summaries ------------------------------------------------------
-
-
-def test_metrics_endpoint_uses_exporter_names():
-    device = Device(os.urandom(32), wall_epoch=1_700_000_000.0)
-    peer = device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.8.0.2/32", "fd08::2/128"], name="alice")
-    peer.rx_bytes, peer.tx_bytes, peer.last_handshake = 1000, 2000, 5.0
-    stats = Stats()
-    stats.rx_packets, stats.cookie_replies = 7, 3
-    stats.drops["replayed"] = 4
-    served = metrics.start("wgm", device, stats, ("127.0.0.1", 0))
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{served.port}/metrics", timeout=10).read().decode()
-    finally:
-        served.close()
-    labels = 'allowed_ips="10.8.0.2/32,fd08::2/128",friendly_name="alice",interface="wgm",public_key="'
-    assert f"wireguard_sent_bytes_total{{{labels}" in body
-    lines = {line.split("{")[0]: line for line in body.splitlines() if line and not line.startswith("#")}
-    assert lines["wireguard_sent_bytes_total"].endswith(" 2000.0")
-    assert lines["wireguard_received_bytes_total"].endswith(" 1000.0")
-    assert lines["wireguard_latest_handshake_seconds"].endswith(" 1.700000005e+09")
-    assert 'tunnel_drops_total{interface="wgm",reason="replayed"} 4.0' in body
-    assert 'tunnel_packets_total{direction="rx",interface="wgm"} 7.0' in body
-    assert 'tunnel_cookie_replies_total{interface="wgm"} 3.0' in body
-
-
-@pytest.mark.parametrize("bad", ["nohost:", "1.2.3.4:70000", "example.com:9100"])
-def test_metrics_address_errors(bad):
-    with pytest.raises(metrics.MetricsError):
-        metrics.parse_address(bad)
-
-
-def test_drop_summary_reports_only_what_changed():
-    stats = Stats()
-    summary = droplog.DropSummary("wgd", stats, period=3600)
-    try:
-        assert summary.summary() is None
-        stats.drops["replayed"] += 3
-        stats.drops["no_route"] += 5
-        assert summary.summary() == "wgd: dropped 8 packet(s) in the last 3600 s: no_route 5, replayed 3"
-        assert summary.summary() is None
-    finally:
-        summary.close()
-
-
 def test_daemon_start_without_its_registry_serves_the_last_view(srv):
     """A registry unreachable at `up`: IFACE.conf's peers, the cache's settings and expiries."""
     from server import daemon
@@ -555,3 +481,20 @@ def test_daemon_start_without_its_registry_serves_the_last_view(srv):
     os.unlink(p.cache)
     bare = daemon._offline_start(p, RegistryUnavailable("registry x is unreachable"))
     assert bare.revision == -1 and bare.settings.pools == ("10.8.0.0/29", "fd08::/64")
+
+
+# The `tunnel` command with qrcode "not installed": python -c CODE ARGS...
+_WITHOUT_QRCODE = ("import sys; sys.modules['qrcode'] = None; from tunnel.cli import main; "
+                   "main(sys.argv[1:], prog_name='tunnel')")
+
+
+def test_without_qrcode_add_client_says_so_in_one_line(srv, tmp_path):
+    d, _ = srv
+    res = subprocess.run([sys.executable, "-c", _WITHOUT_QRCODE, "server", "add-client", "alice", "--dir", d,
+                          "-i", IF], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, TUNNEL_STATE_DIR=str(tmp_path / "state")))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        "tunnel: QR codes need the qrcode package (pip install 'tunnel[server]'), or use --no-qr")
+    assert "Traceback" not in res.stderr
+    assert "[Interface]" in res.stdout  # the client was made and its file printed before the QR code

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from tests.integration.tunnelproc import tunnel_env
-from tests.netns import genkey
+from tests.helpers.tunnelproc import tunnel_env
+from tests.helpers.netns import genkey
 from tunnel import sdnotify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

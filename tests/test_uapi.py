@@ -1,4 +1,4 @@
-"""The userspace API (server/uapi.py) on an in-memory Device, and the control socket's I/O rules."""
+"""The userspace API (tunnel/uapi.py) on an in-memory Device, and the control socket's I/O rules."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-from server import control, uapi
+from tests.helpers.daemon import serving
+from tunnel import control, show, uapi
 from tunnel.dataplane import Stats
 from tunnel.protocol import Device
 from tunnel.protocol.crypto import DH_PUBKEY
@@ -234,22 +235,8 @@ def test_client_helpers(served):
     server, ctx, directory = served
     pub = DH_PUBKEY(_key())
     ctx.device.add_peer(pub, allowed_ips=["10.0.0.2/32", "10.0.0.3/32"])
-    import threading
-
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            server.on_readable()
-            stop.wait(0.01)
-
-    t = threading.Thread(target=loop)
-    t.start()
-    try:
+    with serving(server):
         answer = control.request("wgt", "get=1", directory)
-    finally:
-        stop.set()
-        t.join()
     assert control.answer_errno(answer) == 0
     iface, peers = control.parse_get(answer)
     assert iface["listen_port"] == "51820"
@@ -261,8 +248,6 @@ def test_client_helpers(served):
 
 
 def test_show_renders_names_counters_and_never_a_private_key(ctx):
-    from tunnel import show
-
     pub = DH_PUBKEY(_key())
     peer = ctx.device.add_peer(pub, allowed_ips=["10.0.0.2/32"], endpoint=("192.0.2.1", 5000), name="alice",
                                persistent_keepalive=25)

@@ -21,8 +21,8 @@ import textwrap
 
 import pytest
 
-from client import dns, routing
-from tunnel import nft
+from client import dns
+from tunnel import netconfig, nft
 from tunnel.undo import Journal
 
 pytestmark = pytest.mark.netns
@@ -117,24 +117,15 @@ class Site:
         return self.c.python(SEND, dst, str(mark)).stdout.strip()
 
     def seen(self, ns, comment: str) -> int:
-        rules = json.loads(ns.run(["nft", "-j", "list", "chain", "netdev", "tunnel_probe", "in"]).stdout)
-        for obj in rules["nftables"]:
-            rule = obj.get("rule")
-            if rule and rule.get("comment") == comment:
-                return next(s["counter"]["packets"] for s in rule["expr"] if "counter" in s)
-        raise LookupError(comment)
+        return ns.nft_counter("netdev", "tunnel_probe", "in", comment)
 
     def counts(self, comment: str) -> tuple[int, int]:
         """(through the tunnel, leaked to the uplink) for one probe address."""
         return self.seen(self.t, comment), self.seen(self.u, comment)
 
     def snapshot(self) -> dict:
-        snap = self.c.snapshot()
-        for key in ("route4", "route6"):  # a link bounce re-adds its kernel routes last
-            snap[key].sort(key=lambda r: json.dumps(r, sort_keys=True))
-        snap["nft"] = self.c.run(["nft", "-j", "list", "ruleset"]).stdout
-        snap["sysctl"] = {k: self.c.run(["sysctl", "-n", k]).stdout.strip() for k in SYSCTLS}
-        snap["resolv"] = self.c.run(["cat", "/etc/resolv.conf"], check=False).stdout
+        snap = self.c.state(sysctls=SYSCTLS)  # routes as sets: a link bounce re-adds its kernel routes last
+        snap["resolv"] = self.c.run(["cat", "/etc/resolv.conf"], check=False).stdout  # as seen inside [c]
         return snap
 
 
@@ -303,10 +294,10 @@ def test_crash_leaves_a_journal_that_a_fresh_process_undoes(site):
 
 
 def test_is_full_tunnel():
-    assert routing.is_full_tunnel(["0.0.0.0/0", "::/0"]) == (True, True)
-    assert routing.is_full_tunnel(["0.0.0.0/0", "fd00::/8"]) == (True, False)
-    assert routing.is_full_tunnel(["0.0.0.0/1", "128.0.0.0/1", " ::/0"]) == (False, True)
-    assert routing.is_full_tunnel([]) == (False, False)
+    assert netconfig.is_full_tunnel(["0.0.0.0/0", "::/0"]) == (True, True)
+    assert netconfig.is_full_tunnel(["0.0.0.0/0", "fd00::/8"]) == (True, False)
+    assert netconfig.is_full_tunnel(["0.0.0.0/1", "128.0.0.0/1", " ::/0"]) == (False, True)
+    assert netconfig.is_full_tunnel([]) == (False, False)
 
 
 def test_names_refused_before_any_change():

@@ -36,16 +36,16 @@ import sys
 
 import pytest
 
-from tests.integration.tunnelproc import (
+from tests.helpers.netns import Netns, WgPeer, genkey, wireguard_go
+from tests.helpers.server import ServerProc
+from tests.helpers.tunnelproc import (
     TunnelProc,
     interface_config,
     ping,
     run_tunnel,
     start_tunnel,
-    tunnel_env,
     wait_ping,
 )
-from tests.netns import Netns, WgPeer, genkey, wireguard_go
 
 pytestmark = pytest.mark.netns
 
@@ -166,61 +166,20 @@ class Lab:
             f.write(f"nameserver {WRONG_DNS}\n")
         self.inet.run(["nft", "-f", "-"], input=_COUNTERS)
         for ns in (self.ws, self.srv):  # link-local DAD done before any snapshot
-            ns.wait_for(lambda ns=ns: "tentative" not in ns.ip("-6", "addr"), what=f"DAD in {ns.name}")
-        self.srv_if = t.unique_ifname("ftsv")
-        self.srv_dir, self.srv_state = str(tmp_path / "srv"), str(tmp_path / "srv-state")
-        self.srv_proc: subprocess.Popen | None = None
-        self.srv_log = str(tmp_path / "server.log")
+            ns.wait_dad()
+        self.server = ServerProc(self.srv, str(tmp_path), t.unique_ifname("ftsv"))
 
     # -- server --------------------------------------------------------------------
 
-    def server_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        res = self.srv.run([sys.executable, "-m", "tunnel", "server", *args, "--dir", self.srv_dir,
-                            "-i", self.srv_if], check=False, env=tunnel_env(self.srv_state), timeout=60)
-        assert res.returncode == 0, f"tunnel server {' '.join(args)}:\n{res.stdout}{res.stderr}"
-        return res
-
-    def server_init(self) -> None:
-        self.server_cli("init", "--endpoint", SRV, "--port", str(PORT), "--pool", POOL, "--dns", SITE_DNS)
-
-    def server_up(self) -> None:
-        env = tunnel_env(self.srv_state)
-        env.pop("NOTIFY_SOCKET", None)
-        with open(self.srv_log, "ab") as logf:
-            self.srv_proc = self.srv.popen([sys.executable, "-m", "tunnel", "server", "up", "--dir",
-                                            self.srv_dir, "-i", self.srv_if],
-                                           stdout=logf, stderr=subprocess.STDOUT, env=env)
-        proc, mark = self.srv_proc, self.server_log().count(": up, listening")
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited {proc.returncode}:\n{self.server_log()}")
-            return (os.path.exists(f"/var/run/wireguard/{self.srv_if}.sock")
-                    and self.server_log().count(": up, listening") > mark)
-
-        Netns.wait_for(ready, 30, what="server up")
-
-    def server_log(self) -> str:
-        try:
-            with open(self.srv_log, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def server_stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.srv_proc is not None
-        os.killpg(self.srv_proc.pid, sig)
-        return self.srv_proc.wait(20)
-
     def add_client(self, name: str) -> str:
-        text = self.server_cli("add-client", name, "--no-qr").stdout
+        text = self.server.add_client(name)
         assert "AllowedIPs = 0.0.0.0/0\n" in text and f"Endpoint = {SRV}:{PORT}" in text, text
         assert f"DNS = {SITE_DNS}" in text, text
         return text
 
     def start_server_and_client(self) -> tuple[str, TunnelProc]:
-        self.server_init()
-        self.server_up()
+        self.server.init(SRV, PORT, pools=[POOL], dns=[SITE_DNS])
+        self.server.up()
         text = self.add_client("ws")
         return text, self.client_up(text)
 
@@ -286,16 +245,11 @@ except OSError:
         assert "connected" not in out, out
 
 
+FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+
+
 def snapshot(ns: Netns, resolv: str | None = None) -> dict:
-    snap = ns.snapshot()
-    for key in ("route4", "route6"):  # re-added routes may come back in another order
-        snap[key].sort(key=lambda r: json.dumps(r, sort_keys=True))
-    snap["nft"] = ns.run(["nft", "-j", "list", "ruleset"]).stdout
-    snap["forwarding"] = ns.run(["sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]).stdout
-    if resolv:
-        with open(resolv) as f:
-            snap["resolv.conf"] = f.read()
-    return snap
+    return ns.state(sysctls=FORWARDING, files=[resolv] if resolv else [])
 
 
 def stop_client(tp: TunnelProc) -> None:
@@ -326,7 +280,7 @@ def test_site_and_internet_through_the_tunnel_with_the_servers_address(netns_fac
     assert lab.counter("v4data") > 0
     assert lab.counter("clear_from_ws") == 0
     stop_client(tp)
-    assert lab.server_stop() == 0, lab.server_log()
+    assert lab.server.stop() == 0, lab.server.log()
 
 
 def test_dns_goes_only_to_the_pushed_resolver(netns_factory, tmp_path):
@@ -357,7 +311,7 @@ def test_dns_goes_only_to_the_pushed_resolver(netns_factory, tmp_path):
     stop_client(tp)
     with open(lab.resolv) as f:
         assert f.read() == f"nameserver {WRONG_DNS}\n"
-    assert lab.server_stop() == 0, lab.server_log()
+    assert lab.server.stop() == 0, lab.server.log()
 
 
 def test_nothing_reaches_the_internet_while_the_server_is_down(netns_factory, tmp_path):
@@ -366,7 +320,7 @@ def test_nothing_reaches_the_internet_while_the_server_is_down(netns_factory, tm
     _, tp = lab.start_server_and_client()
     wait_ping(lab.ws, INET)
     assert lab.counter("v4data") > 0  # the counter sees tunnelled traffic
-    assert lab.server_stop() == 0, lab.server_log()
+    assert lab.server.stop() == 0, lab.server.log()
     lab.reset_counters()
     lab.ws_keeps_trying(INET)
     lab.ws_keeps_trying(INET6)
@@ -397,15 +351,15 @@ def test_sigterm_and_sigkill_plus_down_restore_workstation_and_server(netns_fact
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert snapshot(lab.ws, lab.resolv) == ws_before
 
-    assert lab.server_stop(signal.SIGTERM) == 0, lab.server_log()
+    assert lab.server.stop(signal.SIGTERM) == 0, lab.server.log()
     assert snapshot(lab.srv) == srv_before
-    lab.server_up()
+    lab.server.up()
     assert snapshot(lab.srv) != srv_before
-    assert lab.server_stop(signal.SIGKILL) == -signal.SIGKILL
-    res = run_tunnel(lab.srv, lab.srv_state, "down", lab.srv_if)
+    assert lab.server.stop(signal.SIGKILL) == -signal.SIGKILL
+    res = lab.server.down()
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert snapshot(lab.srv) == srv_before
-    assert "Traceback" not in lab.server_log(), lab.server_log()
+    assert "Traceback" not in lab.server.log(), lab.server.log()
 
 
 def test_ipv4_only_full_tunnel_leaks_no_ipv6(netns_factory, tmp_path):
@@ -423,7 +377,7 @@ def test_ipv4_only_full_tunnel_leaks_no_ipv6(netns_factory, tmp_path):
     assert lab.counter("clear_from_ws") == 0
     stop_client(tp)
     ping(lab.ws, INET6)  # and back once the tunnel is down
-    assert lab.server_stop() == 0, lab.server_log()
+    assert lab.server.stop() == 0, lab.server.log()
 
 
 def test_wireguard_go_server_carries_the_full_tunnel_client(netns_factory, tmp_path):

@@ -81,7 +81,7 @@ class Gateway:
         self.b.run(["nft", "-f", "-"], input=PROBE_B)
         self.journal = str(tmp_path / "state" / "wg0.json")
         for ns in (self.a, self.b, self.g, self.i):
-            ns.wait_for(lambda ns=ns: "tentative" not in ns.ip("-6", "addr"), what=f"DAD in {ns}")
+            ns.wait_dad()
 
     def python(self, code: str):
         return self.g.python(PRELUDE + textwrap.dedent(code), self.journal)
@@ -93,20 +93,10 @@ class Gateway:
         ns.python(SEND, dst)
 
     def seen(self, ns, comment: str) -> int:
-        rules = json.loads(ns.run(["nft", "-j", "list", "chain", "netdev", "tunnel_probe", "in"]).stdout)
-        for obj in rules["nftables"]:
-            rule = obj.get("rule")
-            if rule and rule.get("comment") == comment:
-                return next(s["counter"]["packets"] for s in rule["expr"] if "counter" in s)
-        raise LookupError(comment)
+        return ns.nft_counter("netdev", "tunnel_probe", "in", comment)
 
     def snapshot(self) -> dict:
-        snap = self.g.snapshot()
-        for key in ("route4", "route6"):
-            snap[key].sort(key=lambda r: json.dumps(r, sort_keys=True))
-        snap["nft"] = self.g.run(["nft", "-j", "list", "ruleset"]).stdout
-        snap["sysctl"] = {k: self.g.run(["sysctl", "-n", k]).stdout.strip() for k in SYSCTLS}
-        return snap
+        return self.g.state(sysctls=SYSCTLS)
 
 
 @pytest.fixture

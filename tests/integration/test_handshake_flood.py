@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.integration.tunnelproc import (
+from tests.helpers.tunnelproc import (
     Transfer,
     interface_config,
     ping,
@@ -28,7 +28,7 @@ from tests.integration.tunnelproc import (
     start_tunnel,
     wait_ping,
 )
-from tests.netns import WgPeer, genkey
+from tests.helpers.netns import WgPeer, genkey
 from tunnel.protocol import Device, SendDatagram
 from tunnel.protocol.crypto import decode_key
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.tunnelproc import Transfer, TunnelProc, ping, start_tunnel, transfer, wait_ping
-from tests.integration.tunnelproc import interface_config
-from tests.netns import Netns, WgPeer, WireguardGo, genkey, wireguard_go
+from tests.helpers.tunnelproc import Transfer, TunnelProc, ping, start_tunnel, transfer, wait_ping
+from tests.helpers.tunnelproc import interface_config
+from tests.helpers.netns import Netns, WgPeer, WireguardGo, genkey, wireguard_go
 from tunnel.protocol.constants import REKEY_AFTER_TIME
 
 pytestmark = pytest.mark.netns

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.tunnelproc import interface_config, start_tunnel, wait_ping
-from tests.netns import WgPeer, genkey
+from tests.helpers.tunnelproc import interface_config, start_tunnel, wait_ping
+from tests.helpers.netns import WgPeer, genkey
 
 pytestmark = pytest.mark.netns
 

@@ -20,7 +20,7 @@ import textwrap
 import pytest
 from pyroute2 import IPRoute
 
-from tests.netns import NETNS_RUN_DIR, WG_SOCKET_DIR, WgPeer, genkey, topology, wireguard_go
+from tests.helpers.netns import NETNS_RUN_DIR, WG_SOCKET_DIR, WgPeer, genkey, topology, wireguard_go
 from tunnel import netconfig
 from tunnel.undo import Journal
 

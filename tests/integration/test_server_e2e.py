@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.tunnelproc import Transfer, ping, tunnel_env, wait_ping
-from tests.netns import Netns, genkey, wireguard_go
+from tests.helpers.netns import Netns, WgPeer, genkey, wireguard_go
+from tests.helpers.server import ServerProc
+from tests.helpers.tunnelproc import Transfer, TunnelProc, ping, start_tunnel, tunnel_env, wait_ping
+from tunnel.config import parse_config
+from tunnel.protocol.crypto import encode_key
 
 pytestmark = pytest.mark.netns
 
@@ -37,107 +39,27 @@ POOLS = ["10.8.0.0/24", "fd08::/64"]
 SERVER_TUN = "10.8.0.1"
 
 
-class Server:
-    """`tunnel server` in namespace [s], its files under WORKDIR/srv."""
+class Server(ServerProc):
+    """`tunnel server` in namespace [s], joined to [c] (see the drawing above)."""
 
     def __init__(self, topo, tmp_path, split: bool = False, extra: tuple[str, ...] = (), init: bool = True):
         self.topo = topo
         self.s = topo.netns("s")
         self.c = topo.netns("c")
         self.s.link_veth(self.c, "10.99.0.1/24", "10.99.0.2/24")
-        self.ifname = topo.unique_ifname("sv")
-        self.dir = str(tmp_path / "srv")
-        self.state = str(tmp_path / "srv-state")
-        self.log_path = str(tmp_path / "server.log")
-        self.tmp = tmp_path
-        args = ["init", "--endpoint", "10.99.0.1", "--port", "51820"]
-        for pool in POOLS:
-            args += ["--pool", pool]
-        if split:
-            args.append("--split")
+        super().__init__(self.s, str(tmp_path), topo.unique_ifname("sv"))
         if init:
-            self.cli(*args, *extra)
-        self.proc = None
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = self.s.run([sys.executable, "-m", "tunnel", "server", *args, "--dir", self.dir, "-i", self.ifname],
-                         check=False, env=tunnel_env(self.state), timeout=60)
-        if check:
-            assert res.returncode == 0, f"tunnel server {' '.join(args)}:\n{res.stdout}{res.stderr}"
-        return res
-
-    def up(self) -> None:
-        env = tunnel_env(self.state)
-        env.pop("NOTIFY_SOCKET", None)
-        with open(self.log_path, "wb") as logf:
-            self.proc = self.s.popen([sys.executable, "-m", "tunnel", "server", "up", "--dir", self.dir,
-                                      "-i", self.ifname], stdout=logf, stderr=subprocess.STDOUT, env=env)
-        sock = f"/var/run/wireguard/{self.ifname}.sock"
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
-            return os.path.exists(sock) and ": up, listening" in self.log()
-
-        Netns.wait_for(ready, 30, what="server up")
-
-    def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def add_client(self, name: str, *extra: str) -> str:
-        """add-client NAME; returns the client's config text as printed."""
-        res = self.cli("add-client", name, "--no-qr", *extra)
-        assert "the running server has it" in res.stderr, res.stderr
-        return res.stdout
-
-    def wg_dump(self) -> dict[str, list[str]]:
-        out = self.s.run(["wg", "show", self.ifname, "dump"]).stdout.strip().splitlines()
-        return {line.split("\t")[0]: line.split("\t") for line in out[1:]}
-
-    def show_json(self) -> dict:
-        res = self.s.run([sys.executable, "-m", "tunnel", "show", self.ifname, "--json"],
-                         env=tunnel_env(self.state))
-        return json.loads(res.stdout)
+            self.init("10.99.0.1", pools=POOLS, extra=(*(["--split"] if split else []), *extra))
 
 
-class Client:
-    """`tunnel up` of a generated client file in namespace NS (started here: tunnelproc's API is shared)."""
-
-    def __init__(self, ns: Netns, tmp_path, ifname: str, text: str):
-        self.ns = ns
-        base = tmp_path / ifname
-        base.mkdir()
-        conf = base / f"{ifname}.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, text.encode())
-        os.close(fd)
-        self.log_path = base / "log"
-        env = tunnel_env(str(base / "state"))
-        env.pop("NOTIFY_SOCKET", None)
-        with open(self.log_path, "wb") as logf:
-            self.proc = ns.popen([sys.executable, "-m", "tunnel", "up", str(conf)], env=env, stdout=logf,
-                                 stderr=subprocess.STDOUT)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"client exited {self.proc.returncode}:\n{self.log()}")
-            return os.path.exists(f"/var/run/wireguard/{ifname}.sock")
-
-        Netns.wait_for(up, 30, what=f"{ifname} up")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        return self.proc.wait(20)
+def client_up(ns: Netns, tmp_path, ifname: str, text: str) -> TunnelProc:
+    """`tunnel up` of a generated client file in NS, until READY=1."""
+    tp = start_tunnel(ns, str(tmp_path), text, ifname=ifname)
+    tp.wait_up()
+    return tp
 
 
 def _client_pub(config_text: str) -> str:
-    from tunnel.config import parse_config
-    from tunnel.protocol.crypto import encode_key
-
     return encode_key(parse_config(config_text).interface.public_key)
 
 
@@ -147,7 +69,7 @@ def test_init_add_client_connect_show_and_remove(netns_factory, tmp_path):
     srv.up()
     text = srv.add_client("alice")
     assert "AllowedIPs = 0.0.0.0/0, ::/0" in text and "Endpoint = 10.99.0.1:51820" in text
-    alice = Client(srv.c, tmp_path, topo.unique_ifname("sva"), text)
+    alice = client_up(srv.c, tmp_path, topo.unique_ifname("sva"), text)
     wait_ping(srv.c, SERVER_TUN)
     ping(srv.c, SERVER_TUN)
     ping(srv.c, "fd08::1")
@@ -193,8 +115,6 @@ def test_wireguard_go_clients_by_generated_file_and_by_wg_set(netns_factory, tmp
     srv.up()
 
     # bob: the generated file, stripped of wg-quick keys, fed to `wg setconf` on wireguard-go.
-    from tunnel.config import parse_config
-
     text = srv.add_client("bob")
     config = parse_config(text)
     assert [str(n) for n in config.peers[0].allowed_networks()] == POOLS
@@ -215,8 +135,6 @@ def test_wireguard_go_clients_by_generated_file_and_by_wg_set(netns_factory, tmp
     carol_priv, carol_pub = genkey()
     srv.s.run(["wg", "set", srv.ifname, "peer", carol_pub, "allowed-ips", "10.8.0.50/32"])
     server_pub = srv.s.run(["wg", "show", srv.ifname, "public-key"]).stdout.strip()
-    from tests.netns import WgPeer
-
     carol_if = topo.unique_ifname("svc")
     wireguard_go(e, carol_if, carol_priv, 0,
                  peers=[WgPeer(server_pub, ["10.8.0.0/24"], "10.99.0.1:51820", 25)],
@@ -239,7 +157,7 @@ def test_add_client_does_not_interrupt_a_running_transfer(netns_factory, tmp_pat
     srv = Server(topo, tmp_path, split=True)
     srv.up()
     text = srv.add_client("first")
-    first = Client(srv.c, tmp_path, topo.unique_ifname("svf"), text)
+    first = client_up(srv.c, tmp_path, topo.unique_ifname("svf"), text)
     wait_ping(srv.c, SERVER_TUN)
     pub = _client_pub(text)
     before = srv.wg_dump()[pub][4]  # latest handshake of the running session
@@ -269,7 +187,7 @@ def test_an_expired_client_is_removed_and_cannot_handshake_again(netns_factory, 
     temp_pub = _client_pub(text)
     listed = srv.cli("list").stdout
     assert re.search(r"^temp .* expires \S+ \S+ \(in \d+s\)", listed, re.M), listed
-    temp = Client(srv.c, tmp_path, topo.unique_ifname("svt"), text)
+    temp = client_up(srv.c, tmp_path, topo.unique_ifname("svt"), text)
     wait_ping(srv.c, SERVER_TUN)
     assert temp_pub in srv.wg_dump()
     # at expiry the reconciler removes the peer (its session ends) without a command
@@ -310,7 +228,7 @@ def test_postgres_registry_changes_from_another_gateway_reach_the_daemon(netns_f
     text = res.stdout
     pub = _client_pub(text)
     Netns.wait_for(lambda: pub in srv.wg_dump(), 2, what="a change on gateway 2 applied on gateway 1")
-    alice = Client(srv.c, tmp_path, topo.unique_ifname("sva"), text)
+    alice = client_up(srv.c, tmp_path, topo.unique_ifname("sva"), text)
     wait_ping(srv.c, SERVER_TUN)
     on_gw2("remove-client", "alice")
     Netns.wait_for(lambda: srv.wg_dump() == {}, 2, what="removal on gateway 2 applied on gateway 1")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.tunnelproc import (
+from tests.helpers.tunnelproc import (
     TunnelProc,
     interface_config,
     ping,
@@ -34,7 +34,7 @@ from tests.integration.tunnelproc import (
     transfer,
     wait_ping,
 )
-from tests.netns import Netns, WgPeer, genkey
+from tests.helpers.netns import Netns, WgPeer, genkey
 
 pytestmark = pytest.mark.netns
 
@@ -82,19 +82,6 @@ def stop_cleanly(tp: TunnelProc) -> None:
     assert not os.path.exists(tp.state_file)
     assert not tp.control_socket_exists()
     assert "Traceback" not in tp.log(), tp.log()
-
-
-def settle(ns: Netns) -> None:
-    """Wait out IPv6 DAD so that before/after snapshots do not race it."""
-    ns.wait_for(lambda: "tentative" not in ns.ip("-6", "addr"), what=f"DAD in {ns.name}")
-
-
-def snapshot(ns: Netns) -> dict:
-    snap = ns.snapshot()
-    for key in ("route4", "route6"):  # re-added routes may come back in another order
-        snap[key].sort(key=lambda r: json.dumps(r, sort_keys=True))
-    snap["nft"] = ns.run(["nft", "-j", "list", "ruleset"]).stdout
-    return snap
 
 
 # -- our code at both ends ------------------------------------------------------
@@ -210,20 +197,20 @@ FULL_TUNNEL = ["0.0.0.0/0", "::/0"]
 def test_sigterm_leaves_the_namespace_as_it_was(netns_factory, tmp_path):
     """A full-tunnel client (policy routing, kill switch, MSS clamp) stopped by SIGTERM undoes all of it."""
     ends = make_ends(netns_factory)
-    settle(ends.client)
-    before = snapshot(ends.client)
+    ends.client.wait_dad()
+    before = ends.client.state()
     start_both(ends, tmp_path, client_allowed=FULL_TUNNEL)
     wait_ping(ends.client, SERVER_IN[0])
-    assert snapshot(ends.client) != before
+    assert ends.client.state() != before
     stop_cleanly(ends.tc)
-    assert snapshot(ends.client) == before
+    assert ends.client.state() == before
     stop_cleanly(ends.ts)
 
 
 def test_sigkill_then_tunnel_down_restores_the_namespace(netns_factory, tmp_path):
     ends = make_ends(netns_factory)
-    settle(ends.client)
-    before = snapshot(ends.client)
+    ends.client.wait_dad()
+    before = ends.client.state()
     start_both(ends, tmp_path, client_allowed=FULL_TUNNEL)
     wait_ping(ends.client, SERVER_IN[0])
     tc = ends.tc
@@ -231,16 +218,16 @@ def test_sigkill_then_tunnel_down_restores_the_namespace(netns_factory, tmp_path
     # The TUN device dies with its process; the rest stays, written in the journal.
     ends.client.wait_for(lambda: not tc.tun_exists(), what="the TUN device to go with its process")
     assert os.path.exists(tc.state_file)
-    assert snapshot(ends.client) != before
+    assert ends.client.state() != before
     res = run_tunnel(ends.client, tc.state_dir, "down", tc.ifname)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    assert snapshot(ends.client) == before
+    assert ends.client.state() == before
     assert not os.path.exists(tc.state_file)
     # Safe to run twice.
     res = run_tunnel(ends.client, tc.state_dir, "down", tc.ifname)
     assert res.returncode == 0, res.stderr
-    assert snapshot(ends.client) == before
+    assert ends.client.state() == before
     stop_cleanly(ends.ts)
 
 

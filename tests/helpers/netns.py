@@ -41,6 +41,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from pyroute2.netns import setns
+
 T = TypeVar("T")
 
 IFNAMSIZ_MAX = 15  # kernel IFNAMSIZ (16) minus the terminating NUL
@@ -74,8 +79,6 @@ def require_root() -> None:
     """Skip for a developer without root; in CI (CI=true) missing root is a failure."""
     if is_root():
         return
-    import pytest
-
     if in_ci():
         pytest.fail("network-namespace tests need root, and CI must run them", pytrace=False)
     pytest.skip("network-namespace tests need root")
@@ -154,7 +157,7 @@ class Netns:
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run Python code with this interpreter (the venv) in the namespace, cwd = repo root."""
         full_env = dict(os.environ if env is None else env)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
         return self.run([sys.executable, "-c", code, *args], check=check, timeout=timeout, env=full_env)
 
@@ -165,8 +168,6 @@ class Netns:
         Only the calling thread moves (setns is per thread); sockets opened
         inside stay bound to this namespace after the block.
         """
-        from pyroute2.netns import setns
-
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
             setns(self.name)
@@ -271,7 +272,40 @@ class Netns:
             "rule6": self.ip_json("-6", "rule"),
         }
 
+    def state(self, sysctls: Sequence[str] = (), files: Sequence[str] = ()) -> dict[str, Any]:
+        """`snapshot()` plus the nftables ruleset, SYSCTLS and FILES (None if missing): before == after.
+
+        Routes are compared as sets: a link bounce or a re-added route may
+        bring kernel routes back in another order.
+        """
+        snap = self.snapshot()
+        for key in ("route4", "route6"):
+            snap[key].sort(key=lambda r: json.dumps(r, sort_keys=True))
+        snap["nft"] = self.run(["nft", "-j", "list", "ruleset"]).stdout
+        snap["sysctl"] = {k: self.run(["sysctl", "-n", k]).stdout.strip() for k in sysctls}
+        snap["files"] = {}
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    snap["files"][path] = f.read()
+            except FileNotFoundError:
+                snap["files"][path] = None
+        return snap
+
+    def nft_counter(self, family: str, table: str, chain: str, comment: str) -> int:
+        """Packets counted by the rule with COMMENT in FAMILY TABLE CHAIN (a probe a test installed)."""
+        listing = json.loads(self.run(["nft", "-j", "list", "chain", family, table, chain]).stdout)
+        for obj in listing["nftables"]:
+            rule = obj.get("rule")
+            if rule and rule.get("comment") == comment:
+                return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+        raise LookupError(f"no rule {comment!r} in {family} {table} {chain} of {self.name}")
+
     # -- waiting -------------------------------------------------------------
+
+    def wait_dad(self) -> None:
+        """Until no IPv6 address is tentative: snapshots and pings must not race DAD."""
+        self.wait_for(lambda: "tentative" not in self.ip("-6", "addr"), what=f"DAD in {self.name}")
 
     @staticmethod
     def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
@@ -421,9 +455,6 @@ def _teardown_leftovers() -> None:
 
 def genkey() -> tuple[str, str]:
     """A fresh (private, public) X25519 key pair, base64 as `wg` prints them."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
     priv = X25519PrivateKey.generate()
     raw = priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     pub = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -431,9 +462,6 @@ def genkey() -> tuple[str, str]:
 
 
 def pubkey(private_key_b64: str) -> str:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
     priv = X25519PrivateKey.from_private_bytes(base64.b64decode(private_key_b64))
     return base64.b64encode(priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 

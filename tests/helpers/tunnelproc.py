@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from tests.netns import WG_SOCKET_DIR, Netns, WgPeer
+from tests.helpers.netns import WG_SOCKET_DIR, Netns, WgPeer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
