@@ -1,8 +1,6 @@
 """`tunnel login [IFACE]` and `tunnel logout [IFACE]`: parse, prompt, call client/login.py.
 
-The lead mounts them on the main group:
-    from client.login_cli import login_command, logout_command
-    main.add_command(login_command, "login"); main.add_command(logout_command, "logout")
+They join the `tunnel` command as "tunnel.commands" entry points (pyproject.toml).
 """
 
 from __future__ import annotations

@@ -234,7 +234,7 @@ def test_packaging_declares_every_role_command_and_package():
         block = text.split(f'[project.entry-points."{group}"]', 1)[1].split("\n[", 1)[0]
         declared[group] = dict(re.findall(r'^(\w+)\s*=\s*"([\w.]+):\w+"', block, re.M))
     assert declared["tunnel.roles"] == {"client": "client.role"}
-    assert {_top(v) for v in declared["tunnel.commands"].values()} == {"server", "tunnel_lab"}
+    assert {_top(v) for v in declared["tunnel.commands"].values()} == {"client", "server", "tunnel_lab"}
     for module in [*declared["tunnel.roles"].values(), *declared["tunnel.commands"].values()]:
         assert module in MODULES, module
     assert all(os.path.isfile(ROOT / p / "__init__.py") for p in PACKAGES)

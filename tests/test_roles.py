@@ -58,17 +58,18 @@ def test_an_interface_does_not_come_up_without_a_role_that_might_apply(tmp_path,
 
 def test_commands_are_found_by_name_and_a_broken_one_is_one_warning(monkeypatch):
     declared = role.command_entry_points()
-    assert {ep.name for ep in declared} == {"server", "demo", "bench"}
+    assert {ep.name for ep in declared} == {"server", "login", "logout", "demo", "bench"}
     monkeypatch.setattr(role, "command_entry_points", lambda: [*declared, _broken(role.COMMANDS)])
     result = CliRunner().invoke(cli.main, ["--help"])
     assert result.exit_code == 0
-    assert all(f"  {name} " in result.output for name in ("server", "demo", "bench", "genkey"))
+    assert all(f"  {name} " in result.output for name in ("server", "login", "logout", "demo", "bench", "genkey"))
     assert "  broken " not in result.output
     assert result.output.count("cannot be loaded") == 1  # one line about it, no traceback
     result = CliRunner().invoke(cli.main, ["broken"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "tunnel: warning: command 'broken' (no_such_package.module:thing) cannot be loaded" in result.output
-    assert CliRunner().invoke(cli.main, ["server", "--help"]).exit_code == 0
+    for group in ("server", "login", "logout", "demo", "bench"):
+        assert CliRunner().invoke(cli.main, [group, "--help"]).exit_code == 0, group
 
 
 def test_the_undo_may_import_only_modules_of_the_packages_that_plug_in():
