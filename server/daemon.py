@@ -2,8 +2,8 @@
 keeps both following the registry.
 
 Start-up: IFACE.conf is regenerated from the registry (so the interface comes
-up with today's clients), then `tunnel up` of it runs with the gateway as an
-extra setup step and the reconciler as a service. A registry that cannot be
+up with today's clients), then `tunnel up` of it runs with the server role
+(server/role.py): the gateway as its setup, the reconciler as its service. A registry that cannot be
 reached at start (a PostgreSQL elsewhere) is not fatal: the daemon serves
 IFACE.conf as last generated, with the settings and expiries of
 IFACE.cache.json, and the reconciler catches up when it returns.
@@ -18,8 +18,10 @@ from server.layout import Local, Paths
 from server.provision import ProvisionError, locate, paths, publish
 from server.reconcile import Reconciler
 from server.registry import RegistryError, RegistryUnavailable, ServerSettings, Snapshot, open_registry
+from server.role import ServerRole
 from tunnel.config import ConfigError, load_config
 from tunnel.protocol.crypto import encode_key
+from tunnel.runner import run_up
 
 log = logging.getLogger("tunnel")
 
@@ -42,10 +44,7 @@ def _offline_start(p: Paths, exc: Exception) -> Snapshot | None:
 
 
 def run_server(directory: str | None, ifname: str | None, **up_options) -> str | None:
-    """`tunnel up IFACE.conf` plus the NAT gateway and the reconciler; None or the failure message."""
-    from server.gateway import apply_gateway
-    from tunnel.runner import run_up
-
+    """`tunnel up IFACE.conf` with the server role (NAT gateway, reconciler); None or the failure message."""
     registry = None
     try:
         p = paths(directory, ifname)
@@ -68,16 +67,10 @@ def run_server(directory: str | None, ifname: str | None, **up_options) -> str |
         return str(exc)
     except ProvisionError as exc:
         return str(exc)
-    settings = snap.settings
     live = snap if snap.revision >= 0 else None
-
-    def gateway(interface) -> None:
-        apply_gateway(interface.journal, interface.name, list(settings.pools), masquerade=settings.nat,
-                      allow_client_to_client=settings.client_to_client)
-
     reconciler = Reconciler(lambda: open_registry(local.registry, create=False), registry=registry,
                             snapshot=live, on_snapshot=lambda s, now: _publish(p, s, local, now))
-    return run_up(p.conf, extra_setup=[gateway], services=[reconciler.start], **up_options)
+    return run_up(p.conf, roles=[ServerRole(snap.settings, reconciler)], **up_options)
 
 
 def _publish(p: Paths, snap: Snapshot, local: Local, now: float) -> None:

@@ -1,0 +1,34 @@
+"""The server role: what `tunnel server up` adds to its interface.
+
+- setup: forwarding and NAT for the client pools (server/gateway.py), each
+  change journalled with its undo;
+- services: the reconciler that keeps the running peers in step with the
+  registry (server/reconcile.py), closed before the interface goes down.
+
+Handed in by server/daemon.py `run_server`, never chosen from a config: a
+wg-quick file does not say "server".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunnel.role import Role
+
+from .gateway import apply_gateway
+
+
+class ServerRole(Role):
+    name = "server"
+
+    def __init__(self, settings: Any, reconciler: Any):
+        self.settings = settings  # server.registry.ServerSettings: pools, nat, client_to_client
+        self.reconciler = reconciler  # server.reconcile.Reconciler
+
+    def setup(self, interface) -> None:
+        s = self.settings
+        apply_gateway(interface.journal, interface.name, list(s.pools), masquerade=s.nat,
+                      allow_client_to_client=s.client_to_client)
+
+    def services(self, interface) -> list:
+        return [self.reconciler.start(interface)]
