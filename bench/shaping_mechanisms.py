@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from server.shaping import ClientLimit, Shaper  # noqa: E402
 from tests.integration.shapingnet import CLIENT_ADDRESSES, IFNAME, PORT, SERVER, ShapingNet  # noqa: E402
-from tests.netns import topology  # noqa: E402
+from tests.helpers.netns import topology  # noqa: E402
 from tunnel.undo import Journal  # noqa: E402
 
 RATE = 5_000_000

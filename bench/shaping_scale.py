@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pyroute2.netns import setns  # noqa: E402
 
 from server.shaping import ClientLimit, Shaper  # noqa: E402
-from tunnel.lab import CLIENT_INNER, CLIENT_INNER6, SERVER_INNER, Lab  # noqa: E402
 from tunnel.undo import Journal  # noqa: E402
+from tunnel_lab.lab import CLIENT_INNER, CLIENT_INNER6, SERVER_INNER, Lab  # noqa: E402
 
 MBIT = 1_000_000
 LAB_CLIENT = (CLIENT_INNER, CLIENT_INNER6)

@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from tests.netns import Netns, Topology
+from tests.helpers.netns import Netns, Topology
 
 IFNAME = "wg0"
 SERVER = {4: "192.0.2.2", 6: "2001:db8:2::2"}

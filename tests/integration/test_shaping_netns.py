@@ -110,8 +110,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 UNDO = """
 import json, sys
-import server.shaping  # registers its undo kinds, as tunnel.undo.UNDOER_MODULES will
-from tunnel.undo import Journal
+from tunnel.undo import Journal  # each step names the module of its undo kind: imported by the journal
 print(json.dumps(Journal.open(sys.argv[1]).undo_all()))
 """
 
