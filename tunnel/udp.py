@@ -14,6 +14,10 @@ Rules this module keeps:
   shorter) in one sendmsg with a UDP_SEGMENT cmsg. If the kernel refuses
   GSO for a socket (EIO: no checksum offload on the route; EINVAL), that
   socket is remembered and later trains go out one sendto per datagram.
+- Each socket carries the classic BPF filter of tunnel.udpfilter (attached
+  before bind, so nothing reaches it unjudged): what cannot be a WireGuard
+  message is dropped by the kernel; `kernel_drops()` counts those together
+  with the datagrams dropped for a full receive buffer.
 - Only the Linux socket options are used; there is no portable fallback.
 """
 
@@ -22,6 +26,8 @@ import socket
 import struct
 import sys
 import weakref
+
+from . import udpfilter
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -56,7 +62,7 @@ class UdpEndpoint:
     """The IPv4 and IPv6 sockets of one listening port.
 
     `UdpEndpoint(port=0, fwmark=0, host4="0.0.0.0", host6="::", v4=True,
-    v6=True, buffer_size=8 MiB, gro=True)`. `.sock4` / `.sock6` (None when
+    v6=True, buffer_size=8 MiB, gro=True, filter=True)`. `.sock4` / `.sock6` (None when
     that family is disabled or the host has no IPv6), `.port` (the port
     both got; with port 0 the IPv6 socket binds the one the IPv4 socket
     was given, retrying a new one if it is taken), `.gro` (UDP_GRO
@@ -65,11 +71,12 @@ class UdpEndpoint:
 
     def __init__(self, port: int = 0, fwmark: int = 0, host4: str = "0.0.0.0",
                  host6: str = "::", v4: bool = True, v6: bool = True,
-                 buffer_size: int = 8 << 20, gro: bool = True):
+                 buffer_size: int = 8 << 20, gro: bool = True, filter: bool = True):
         if not (v4 or v6):
             raise ValueError("need at least one address family")
         self.sock4 = self.sock6 = None
         self.gro = gro
+        self.filter = filter
         attempts = 10 if port == 0 else 1
         for attempt in range(attempts):
             try:
@@ -117,6 +124,8 @@ class UdpEndpoint:
                     s.setsockopt(SOL_UDP, UDP_GRO, 1)
                 except OSError:
                     self.gro = False  # before Linux 5.0: plain datagrams
+            if self.filter:
+                udpfilter.attach(s)
         except BaseException:
             s.close()
             raise
@@ -137,6 +146,10 @@ class UdpEndpoint:
     def recv(self, fd: int, buf) -> tuple:
         sock = self.sock4 if self.sock4 is not None and self.sock4.fileno() == fd else self.sock6
         return recv_batch(sock, buf)
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped at our sockets so far (the filter's and a full buffer's, together)."""
+        return sum(udpfilter.socket_drops(s) for s in self.sockets())
 
     def send_train(self, view, segment_size: int, addr: tuple) -> None:
         sock, addr = self._route(addr)

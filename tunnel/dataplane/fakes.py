@@ -12,6 +12,10 @@ runs exactly the code it runs over real devices:
   train of equal-sized datagrams (only the last smaller, at most 64) is
   read back in one `recv`, as UDP GRO gives it; a single `send` arrives
   alone;
+- a MemoryBind judges what arrives with the socket filter's own program
+  (tunnel.udpfilter, run by its reference interpreter: a train as one
+  packet, as the kernel does) and counts what it refuses in
+  `kernel_drops()`, unless made with filter=False;
 - impairments only when a test asks: `MemoryNet.impair(datagrams, source,
   destination) -> datagrams` may drop, duplicate, reorder or rewrite them;
 - each fake has a real eventfd that is readable while it has something to
@@ -25,6 +29,7 @@ import errno
 import os
 from typing import Callable
 
+from .. import udpfilter
 from ..offload import GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET, VNET_HDR_LEN
 from ..udp import MAX_GSO_SEGMENTS
 
@@ -112,8 +117,8 @@ class MemoryNet:
         self.impair: Callable[[list[bytes], tuple, tuple], list[bytes]] | None = None
         self.undeliverable: list[tuple[tuple, bytes]] = []
 
-    def bind(self, host: str, port: int, gro: bool = True) -> "MemoryBind":
-        b = MemoryBind(self, (host, port), gro)
+    def bind(self, host: str, port: int, gro: bool = True, filter: bool = True) -> "MemoryBind":
+        b = MemoryBind(self, (host, port), gro, filter)
         self.binds[(host, port)] = b
         return b
 
@@ -130,11 +135,13 @@ class MemoryNet:
 class MemoryBind:
     """One UDP port on a MemoryNet; `sent` logs (destination, datagram) for tests."""
 
-    def __init__(self, net: MemoryNet, address: tuple, gro: bool = True):
+    def __init__(self, net: MemoryNet, address: tuple, gro: bool = True, filter: bool = True):
         self.net = net
         self.address = address
         self.port = address[1]
         self.gro = gro
+        self.filter = filter
+        self.filtered = 0
         self.inbox: collections.deque[tuple[bytes, int, tuple]] = collections.deque()
         self.sent: list[tuple[tuple, bytes]] = []
         self._ready = _Readable()
@@ -162,6 +169,9 @@ class MemoryBind:
     def send(self, data, endpoint: tuple) -> None:
         self._send([bytes(data)], endpoint, False)
 
+    def kernel_drops(self) -> int:
+        return self.filtered
+
     # -- the network's side ----------------------------------------------------
 
     def _send(self, datagrams: list[bytes], endpoint: tuple, train: bool) -> None:
@@ -174,13 +184,20 @@ class MemoryBind:
 
     def inject_train(self, data: bytes, segment_size: int, source: tuple) -> None:
         """A GRO train arrives as it is: datagrams of segment_size bytes, the last may be shorter."""
-        self.inbox.append((bytes(data), segment_size, source))
-        self._ready.update(True)
+        self._queue(bytes(data), segment_size, source)
+        self._ready.update(bool(self.inbox))
+
+    def _queue(self, data: bytes, segment_size: int, source: tuple) -> None:
+        """One datagram or GRO train reaches the socket: the filter judges it whole, as the kernel's does."""
+        if self.filter and not udpfilter.accepts(data):
+            self.filtered += 1
+            return
+        self.inbox.append((data, segment_size, source))
 
     def arrive(self, datagrams: list[bytes], source: tuple, train: bool) -> None:
         if not (self.gro and train):
             for d in datagrams:
-                self.inbox.append((d, len(d), source))
+                self._queue(d, len(d), source)
         else:
             # GRO: runs of one size (the last of a run may be smaller), within the limits.
             run: list[bytes] = []
@@ -196,7 +213,7 @@ class MemoryBind:
         self._ready.update(bool(self.inbox))
 
     def _queue_run(self, run: list[bytes], source: tuple) -> None:
-        self.inbox.append((b"".join(run), len(run[0]), source))
+        self._queue(b"".join(run), len(run[0]), source)
 
     def take_sent(self) -> list[tuple[tuple, bytes]]:
         out, self.sent = self.sent, []

@@ -48,3 +48,6 @@ class Bind(Protocol):
 
     def send(self, data, endpoint: tuple) -> None:
         """Send one datagram."""
+
+    def kernel_drops(self) -> int:
+        """Datagrams dropped before they could be read, so far (a counter that only grows, modulo 2**32)."""

@@ -13,7 +13,10 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   handshake queue, then the core's timers; `run` is epoll around it, and
   tests call `service` with a fake clock;
 - the loop's thread owns the Device: other threads hand it work with
-  call_soon_threadsafe.
+  call_soon_threadsafe;
+- what the kernel dropped at the UDP sockets (the socket filter, a full
+  buffer) is read once a second (KERNEL_DROPS_INTERVAL) into the same drop
+  counters, so `tunnel show` and the metrics see it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ HANDSHAKE_BUDGET = 8
 HANDSHAKE_QUEUE_MAX = 4096
 UNDER_LOAD_QUEUE = 64
 UNDER_LOAD_SECONDS = 1.0
+KERNEL_DROPS_INTERVAL = 1.0
 
 
 class DataPlane:
@@ -68,6 +72,8 @@ class DataPlane:
         self.extra_fds: dict[int, Callable[[], None]] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._work: dict[int, int] = {}  # bytes each descriptor gave last time
+        self._kernel_drops = bind.kernel_drops()
+        self._kernel_drops_at = clock()
 
     # ------------------------------------------------------------------
     # the loop
@@ -139,6 +145,17 @@ class DataPlane:
         deadline = self.device.next_deadline()
         if deadline is not None and deadline <= now:
             self.perform(self.device.tick(now), now)
+        if now - self._kernel_drops_at >= KERNEL_DROPS_INTERVAL:
+            self.count_kernel_drops(now)
+
+    def count_kernel_drops(self, now: float) -> None:
+        """Add what the kernel dropped at our sockets since the last look (its counters are u32)."""
+        self._kernel_drops_at = now
+        total = self.bind.kernel_drops()
+        delta = (total - self._kernel_drops) % (1 << 32)
+        self._kernel_drops = total
+        if delta:
+            self.stats.drops[D.UDP_KERNEL_DROPS] += delta
 
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):
