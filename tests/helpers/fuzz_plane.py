@@ -58,8 +58,8 @@ def run(count: int, seed: int = 1, snapshot_every: int = 5000, check=True) -> di
                 else:
                     bind.inject(data, source)
             sent += burst
-            while bind.inbox or plane.handshakes:
-                plane.service(bind.fds() if bind.inbox else [], now)
+            while bind.ready_fds() or plane.handshakes:
+                plane.service(bind.ready_fds(), now)
             if check:
                 if tun.written:
                     raise FuzzFailure(f"a packet was written to the TUN after {sent} datagrams")

@@ -66,8 +66,7 @@ class Side:
         ready = []
         if self.tun.inbox:
             ready.append(self.tun.fd)
-        if self.bind.inbox:
-            ready.extend(self.bind.fds())
+        ready.extend(self.bind.ready_fds())
         return ready
 
     def packets(self) -> list[bytes]:

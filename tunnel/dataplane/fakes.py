@@ -16,6 +16,8 @@ runs exactly the code it runs over real devices:
   (tunnel.udpfilter, run by its reference interpreter: a train as one
   packet, as the kernel does) and counts what it refuses in
   `kernel_drops()`, unless made with filter=False;
+- `pin(endpoints)` gives those sources a queue (and descriptor) of their
+  own, as the connected sockets of tunnel.udp do;
 - impairments only when a test asks: `MemoryNet.impair(datagrams, source,
   destination) -> datagrams` may drop, duplicate, reorder or rewrite them;
 - each fake has a real eventfd that is readable while it has something to
@@ -31,7 +33,7 @@ from typing import Callable
 
 from .. import udpfilter
 from ..offload import GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET, VNET_HDR_LEN
-from ..udp import MAX_GSO_SEGMENTS
+from ..udp import MAX_GSO_SEGMENTS, _pin_key, normalize
 
 GRO_MAX_BYTES = 65535
 
@@ -142,24 +144,51 @@ class MemoryBind:
         self.gro = gro
         self.filter = filter
         self.filtered = 0
+        # The listening socket's queue; pinned sources have their own (fd -> queue).
         self.inbox: collections.deque[tuple[bytes, int, tuple]] = collections.deque()
         self.sent: list[tuple[tuple, bytes]] = []
         self._ready = _Readable()
+        self._queues: dict[int, tuple[collections.deque, _Readable]] = {self._ready.fd: (self.inbox, self._ready)}
+        self._pins: dict[tuple, int] = {}  # pinned source -> its fd
 
     # -- Bind ----------------------------------------------------------------
 
     def fds(self) -> list[int]:
-        return [self._ready.fd]
+        return list(self._queues)
+
+    def ready_fds(self) -> list[int]:
+        """The descriptors epoll would report readable now."""
+        return [fd for fd, (q, _) in self._queues.items() if q]
 
     def recv(self, fd: int, buf) -> tuple[int, int, tuple]:
-        if not self.inbox:
-            self._ready.update(False)
+        inbox, ready = self._queues[fd]
+        if not inbox:
+            ready.update(False)
             raise BlockingIOError(errno.EAGAIN, "no datagram")
-        data, seg, source = self.inbox.popleft()
+        data, seg, source = inbox.popleft()
         n = min(len(data), len(buf))
         buf[:n] = data[:n]
-        self._ready.update(bool(self.inbox))
+        ready.update(bool(inbox))
         return n, seg, source
+
+    def pin(self, endpoints) -> tuple[list[int], list[int]]:
+        wanted = {_pin_key(normalize(ep)) for ep in endpoints}
+        closed = []
+        for key in [k for k in self._pins if k not in wanted]:
+            fd = self._pins.pop(key)
+            _, ready = self._queues.pop(fd)
+            ready.close()  # what was queued goes with the socket, as in the kernel
+            closed.append(fd)
+        opened = []
+        for key in wanted - set(self._pins):
+            ready = _Readable()
+            self._pins[key] = ready.fd
+            self._queues[ready.fd] = (collections.deque(), ready)
+            opened.append(ready.fd)
+        return opened, closed
+
+    def pinned(self) -> list[tuple]:
+        return list(self._pins)
 
     def send_train(self, view, segment_size: int, endpoint: tuple) -> None:
         data = bytes(view)
@@ -185,14 +214,17 @@ class MemoryBind:
     def inject_train(self, data: bytes, segment_size: int, source: tuple) -> None:
         """A GRO train arrives as it is: datagrams of segment_size bytes, the last may be shorter."""
         self._queue(bytes(data), segment_size, source)
-        self._ready.update(bool(self.inbox))
 
     def _queue(self, data: bytes, segment_size: int, source: tuple) -> None:
-        """One datagram or GRO train reaches the socket: the filter judges it whole, as the kernel's does."""
+        """One datagram or GRO train reaches a socket (the source's pinned one, or the listening one);
+        the filter judges it whole, as the kernel's does."""
         if self.filter and not udpfilter.accepts(data):
             self.filtered += 1
             return
-        self.inbox.append((data, segment_size, source))
+        fd = self._pins.get(_pin_key(source), self._ready.fd) if self._pins else self._ready.fd
+        inbox, ready = self._queues[fd]
+        inbox.append((data, segment_size, source))
+        ready.update(True)
 
     def arrive(self, datagrams: list[bytes], source: tuple, train: bool) -> None:
         if not (self.gro and train):
@@ -210,7 +242,6 @@ class MemoryBind:
                 run.append(d)
             if run:
                 self._queue_run(run, source)
-        self._ready.update(bool(self.inbox))
 
     def _queue_run(self, run: list[bytes], source: tuple) -> None:
         self._queue(b"".join(run), len(run[0]), source)
@@ -220,4 +251,5 @@ class MemoryBind:
         return out
 
     def close(self) -> None:
-        self._ready.close()
+        for _, ready in self._queues.values():
+            ready.close()

@@ -16,7 +16,13 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   call_soon_threadsafe;
 - what the kernel dropped at the UDP sockets (the socket filter, a full
   buffer) is read once a second (KERNEL_DROPS_INTERVAL) into the same drop
-  counters, so `tunnel show` and the metrics see it.
+  counters, so `tunnel show` and the metrics see it;
+- every peer with a session gets a UDP socket of its own (Bind.pin, up to
+  PINNED_MAX), re-decided when a handshake completes, a peer roams or its
+  keys go, and once a second: an established session's datagrams then
+  queue apart from whatever floods the listening port, and a turn serves
+  them first (they are light), so garbage costs them neither buffer space
+  nor waiting.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ HANDSHAKE_QUEUE_MAX = 4096
 UNDER_LOAD_QUEUE = 64
 UNDER_LOAD_SECONDS = 1.0
 KERNEL_DROPS_INTERVAL = 1.0
+# Sockets of their own for this many peers with a session (each is a descriptor).
+PINNED_MAX = 256
+PIN_INTERVAL = 1.0
+_PIN_EVENTS = frozenset(("handshake_completed", "roamed", "keys_zeroed"))
 
 
 class DataPlane:
@@ -74,6 +84,9 @@ class DataPlane:
         self._work: dict[int, int] = {}  # bytes each descriptor gave last time
         self._kernel_drops = bind.kernel_drops()
         self._kernel_drops_at = clock()
+        self._pins_dirty = False
+        self._pinned_at = clock()
+        self._epoll: select.epoll | None = None
 
     # ------------------------------------------------------------------
     # the loop
@@ -108,7 +121,7 @@ class DataPlane:
         return max(0.0, min(1.0, deadline - self.clock()))
 
     def run(self) -> None:
-        ep = select.epoll()
+        ep = self._epoll = select.epoll()
         try:
             for fd in (self.tun.fd, *self.bind.fds(), self._wake_r, *self.extra_fds):
                 ep.register(fd, select.EPOLLIN)
@@ -116,6 +129,7 @@ class DataPlane:
                 events = ep.poll(self.timeout())
                 self.service([fd for fd, _ in events], self.clock())
         finally:
+            self._epoll = None
             ep.close()
 
     def service(self, ready: list[int], now: float) -> None:
@@ -147,6 +161,25 @@ class DataPlane:
             self.perform(self.device.tick(now), now)
         if now - self._kernel_drops_at >= KERNEL_DROPS_INTERVAL:
             self.count_kernel_drops(now)
+        if self._pins_dirty or now - self._pinned_at >= PIN_INTERVAL:
+            self.repin(now)
+
+    def repin(self, now: float) -> None:
+        """Sockets of their own for the peers that have a session now (and for no one else)."""
+        self._pins_dirty = False
+        self._pinned_at = now
+        endpoints = []
+        for peer in self.device.peers.values():
+            if peer.current is not None and peer.endpoint is not None:
+                endpoints.append(peer.endpoint)
+                if len(endpoints) >= PINNED_MAX:
+                    break
+        opened, closed = self.bind.pin(endpoints)
+        for fd in closed:  # closing took them out of the epoll set
+            self._work.pop(fd, None)
+        if self._epoll is not None:
+            for fd in opened:
+                self._epoll.register(fd, select.EPOLLIN)
 
     def count_kernel_drops(self, now: float) -> None:
         """Add what the kernel dropped at our sockets since the last look (its counters are u32)."""
@@ -176,6 +209,8 @@ class DataPlane:
             elif t is WritePacket:
                 self.receiver.write_plain(a.data)
             elif t is Event:
+                if a.kind in _PIN_EVENTS:
+                    self._pins_dirty = True
                 self.on_event(a)
             elif t is not Drop:  # drops are counted by the core
                 raise TypeError(f"unknown action {a!r}")
