@@ -156,6 +156,10 @@ class MemoryBind:
     def fds(self) -> list[int]:
         return list(self._queues)
 
+    def queued(self) -> int:
+        """Reads waiting, over all the queues."""
+        return sum(len(q) for q, _ in self._queues.values())
+
     def ready_fds(self) -> list[int]:
         """The descriptors epoll would report readable now."""
         return [fd for fd, (q, _) in self._queues.items() if q]

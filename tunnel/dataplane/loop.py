@@ -9,9 +9,10 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   queued messages the core is told it is under load for UNDER_LOAD_SECONDS
   and answers with cookie replies (wireguard-go's rule);
 - one turn (`service`) serves the descriptors that are ready, lightest
-  first (ACKs and pings do not wait behind a turn of bulk data), then the
-  handshake queue, then the core's timers; `run` is epoll around it, and
-  tests call `service` with a fake clock;
+  first (ACKs and pings do not wait behind a turn of bulk data) and the
+  listening sockets last, then the handshake queue, then the core's
+  timers; `run` is epoll around it, and tests call `service` with a fake
+  clock;
 - the loop's thread owns the Device: other threads hand it work with
   call_soon_threadsafe;
 - what the kernel dropped at the UDP sockets (the socket filter, a full
@@ -22,7 +23,10 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   keys go, and once a second: an established session's datagrams then
   queue apart from whatever floods the listening port, and a turn serves
   them first (they are light), so garbage costs them neither buffer space
-  nor waiting.
+  nor waiting; in a turn where the TUN or a pinned socket had work, the
+  listening sockets get only SHARED_READS_WHEN_BUSY reads (the kernel
+  drops what does not fit in their buffers, at no cost to us), so a flood
+  takes a bounded share of the loop from established sessions.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Callable
 from ..protocol import Device, Drop, Event, SendDatagram, WritePacket
 from ..protocol.crypto import encode_key
 from . import drops as D
-from .receive import Receiver
+from .receive import UDP_READS_PER_TURN, Receiver
 from .send import Sender
 
 log = logging.getLogger("tunnel")
@@ -51,6 +55,8 @@ KERNEL_DROPS_INTERVAL = 1.0
 # Sockets of their own for this many peers with a session (each is a descriptor).
 PINNED_MAX = 256
 PIN_INTERVAL = 1.0
+# Reads a listening socket gets in a turn in which established traffic had work.
+SHARED_READS_WHEN_BUSY = 32
 _PIN_EVENTS = frozenset(("handshake_completed", "roamed", "keys_zeroed"))
 
 
@@ -87,6 +93,7 @@ class DataPlane:
         self._pins_dirty = False
         self._pinned_at = clock()
         self._epoll: select.epoll | None = None
+        self._shared_fds = frozenset(bind.fds())  # the listening sockets: everything not pinned
 
     # ------------------------------------------------------------------
     # the loop
@@ -137,12 +144,16 @@ class DataPlane:
         # Initiations made in this turn carry the wall clock as it is now (NTP may have moved it).
         self.device.sync_wall(self.wall_clock(), now)
         work = self._work
+        shared = self._shared_fds
         if len(ready) > 1:
-            ready.sort(key=lambda fd: work.get(fd, 0))
+            # Lightest first, the listening sockets last: their budget depends on what the others had.
+            ready.sort(key=lambda fd: (fd in shared, work.get(fd, 0)))
         tun_fd = self.tun.fd
+        busy = False  # the TUN or a pinned socket had work in this turn
         for fd in ready:
             if fd == tun_fd:
-                work[fd] = self.sender.from_tun(now)
+                work[fd] = n = self.sender.from_tun(now)
+                busy = busy or n > 0
             elif fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 512)
@@ -150,8 +161,11 @@ class DataPlane:
                     pass
             elif fd in self.extra_fds:
                 self.extra_fds[fd]()
+            elif fd in shared:
+                work[fd] = self.receiver.from_udp(fd, now, SHARED_READS_WHEN_BUSY if busy else UDP_READS_PER_TURN)
             else:
-                work[fd] = self.receiver.from_udp(fd, now)
+                work[fd] = n = self.receiver.from_udp(fd, now)
+                busy = busy or n > 0
         while self._calls:
             self._calls.popleft()()
         if self.handshakes:
