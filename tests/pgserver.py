@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from typing import Iterator
 
-from tests.netns import HarnessError, in_ci
+from tests.helpers.netns import HarnessError, in_ci
 
 
 def _bindir() -> str | None:

@@ -28,10 +28,44 @@ def test_v4_mapped_endpoint_is_sent_from_the_ipv4_socket():
 
 def test_recv_gives_the_train_and_its_source():
     with UdpEndpoint(0, host4="127.0.0.1", v6=False) as a, UdpEndpoint(0, host4="127.0.0.1", v6=False) as b:
-        a.send(b"x" * 100, ("127.0.0.1", b.port))
+        a.send(b"\x04\0\0\0" + b"x" * 96, ("127.0.0.1", b.port))  # shaped as transport: the filter keeps it
         buf = bytearray(65536)
         import select
 
         select.select(b.fds(), [], [], 2)
         n, seg, source = b.recv(b.fds()[0], buf)
         assert (n, seg, source) == (100, 100, ("127.0.0.1", a.port))
+
+
+def test_the_socket_filter_drops_what_cannot_be_a_message_and_counts_it():
+    """The kernel runs the same program the fakes interpret (tunnel.udpfilter), on a real socket."""
+    import select
+    import time
+
+    from tunnel import udpfilter
+
+    cases = [b"", b"\x04", b"\x04\0\0\0" + bytes(27), b"\x04\0\0\0" + bytes(28), b"\x04\0\0\0" + bytes(1449),
+             b"\x01\0\0\0" + bytes(143), b"\x01\0\0\0" + bytes(144), b"\x01\0\0\0" + bytes(300),
+             b"\x02\0\0\0" + bytes(87), b"\x02\0\0\0" + bytes(88), b"\x03\0\0\0" + bytes(60),
+             b"\x03\0\0\0" + bytes(59), b"\x05\0\0\0" + bytes(100), b"\x04\0\1\0" + bytes(100),
+             b"\x00\0\0\x04" + bytes(100), b"\xff" * 700]
+    kept = [c for c in cases if udpfilter.accepts(c)]
+    assert [len(c) for c in kept] == [32, 1453, 148, 304, 92, 64]
+    with UdpEndpoint(0, host4="127.0.0.1", v6=False, gro=False) as ep, _sink() as tx:
+        for c in cases:
+            tx.sendto(c, ("127.0.0.1", ep.port))
+        got, buf = [], bytearray(65536)
+        deadline = time.monotonic() + 5
+        while len(got) < len(kept) and time.monotonic() < deadline:
+            select.select(ep.fds(), [], [], 0.5)
+            try:
+                n, _, _ = ep.recv(ep.fds()[0], buf)
+            except BlockingIOError:
+                continue
+            got.append(bytes(buf[:n]))
+        assert got == kept
+        assert ep.kernel_drops() == len(cases) - len(kept)
+    with UdpEndpoint(0, host4="127.0.0.1", v6=False, filter=False) as ep, _sink() as tx:
+        tx.sendto(b"\xff" * 10, ("127.0.0.1", ep.port))
+        select.select(ep.fds(), [], [], 2)
+        assert ep.recv(ep.fds()[0], bytearray(100))[0] == 10

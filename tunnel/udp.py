@@ -14,6 +14,10 @@ Rules this module keeps:
   shorter) in one sendmsg with a UDP_SEGMENT cmsg. If the kernel refuses
   GSO for a socket (EIO: no checksum offload on the route; EINVAL), that
   socket is remembered and later trains go out one sendto per datagram.
+- Each socket carries the classic BPF filter of tunnel.udpfilter (attached
+  before bind, so nothing reaches it unjudged): what cannot be a WireGuard
+  message is dropped by the kernel; `kernel_drops()` counts those together
+  with the datagrams dropped for a full receive buffer.
 - Only the Linux socket options are used; there is no portable fallback.
 """
 
@@ -22,6 +26,8 @@ import socket
 import struct
 import sys
 import weakref
+
+from . import udpfilter
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -38,6 +44,21 @@ MAX_GSO_BYTES = 65507
 # Sized for the largest GRO train; recv_batch truncates beyond this.
 RECV_BUFFER_SIZE = 65536
 
+SO_ATTACH_REUSEPORT_CBPF = 51
+
+
+class _FirstSocket:
+    """A reuseport program that picks socket 0 of the group (the listening socket): `ret #0`."""
+
+    def __init__(self):
+        import ctypes
+
+        self._code = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0), 8)
+        self.prog = struct.pack("@HP", 1, ctypes.addressof(self._code))
+
+
+_FIRST_SOCKET = _FirstSocket()
+
 _SEGMENT = struct.Struct("=H")  # UDP_SEGMENT cmsg: a u16 in host order
 _ANC_SIZE = socket.CMSG_SPACE(4)  # UDP_GRO cmsg: an int
 _NO_GSO = weakref.WeakSet()
@@ -53,51 +74,87 @@ def normalize(addr: tuple) -> tuple:
 
 
 class UdpEndpoint:
-    """The IPv4 and IPv6 sockets of one listening port.
+    """The IPv4 and IPv6 sockets of one listening port, and the pinned sockets of established peers.
 
     `UdpEndpoint(port=0, fwmark=0, host4="0.0.0.0", host6="::", v4=True,
-    v6=True, buffer_size=8 MiB, gro=True)`. `.sock4` / `.sock6` (None when
-    that family is disabled or the host has no IPv6), `.port` (the port
-    both got; with port 0 the IPv6 socket binds the one the IPv4 socket
-    was given, retrying a new one if it is taken), `.gro` (UDP_GRO
-    accepted on every socket).
+    v6=True, buffer_size=8 MiB, gro=True, filter=True, pinning=True)`.
+    `.sock4` / `.sock6` (None when that family is disabled or the host has
+    no IPv6), `.port` (the port both got; with port 0 the IPv6 socket binds
+    the one the IPv4 socket was given, retrying a new one if it is taken),
+    `.gro` (UDP_GRO accepted on every socket).
+
+    Pinning: `pin(endpoints)` gives each endpoint a socket of its own on the
+    same port, connected to it (SO_REUSEPORT), so the kernel queues that
+    peer's datagrams apart from everyone else's: a flood at the port fills
+    the listening socket's buffer, never an established session's. The
+    listening sockets share their port only with our own pinned sockets: a
+    plain bind checks first that the port is free (so a second daemon still
+    gets EADDRINUSE), and a reuseport program sends every unconnected
+    datagram to the listening socket, whoever else might join the group.
     """
 
     def __init__(self, port: int = 0, fwmark: int = 0, host4: str = "0.0.0.0",
                  host6: str = "::", v4: bool = True, v6: bool = True,
-                 buffer_size: int = 8 << 20, gro: bool = True):
+                 buffer_size: int = 8 << 20, gro: bool = True, filter: bool = True,
+                 pinning: bool = True):
         if not (v4 or v6):
             raise ValueError("need at least one address family")
         self.sock4 = self.sock6 = None
         self.gro = gro
+        self.filter = filter
+        self.pinning = pinning
+        self._buffer_size, self._fwmark = buffer_size, fwmark
+        self._hosts = {socket.AF_INET: host4, socket.AF_INET6: host6}
+        self._pinned: dict[tuple, socket.socket] = {}
+        self._by_fd: dict[int, socket.socket] = {}
+        self._closed_drops = 0  # what pinned sockets had counted when they were closed
         attempts = 10 if port == 0 else 1
         for attempt in range(attempts):
             try:
                 self._bind(port, host4, host6, v4, v6, buffer_size, fwmark)
-                return
+                break
             except OSError as e:
                 self.close()
                 if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
                     raise
+        self._by_fd = {s.fileno(): s for s in self.sockets()}
 
     def _bind(self, port, host4, host6, v4, v6, buffer_size, fwmark):
         if v4:
-            self.sock4 = self._open(socket.AF_INET, buffer_size, fwmark)
-            self.sock4.bind((host4, port))
+            self.sock4 = self._listen(socket.AF_INET, host4, port)
             port = self.sock4.getsockname()[1]
         if v6:
             try:
-                s = self._open(socket.AF_INET6, buffer_size, fwmark)
+                s = self._listen(socket.AF_INET6, host6, port)
             except OSError as e:
                 if e.errno != errno.EAFNOSUPPORT or not v4:
                     raise
                 s = None  # kernel without IPv6: carry on with IPv4 only
             if s is not None:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 self.sock6 = s
-                s.bind((host6, port))
                 port = s.getsockname()[1]
         self.port = port
+
+    def _listen(self, family, host, port):
+        if self.pinning:
+            # A plain bind first: the port must be free, as without sharing, and port 0 gets its number.
+            probe = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((host, port))
+                port = probe.getsockname()[1]
+            finally:
+                probe.close()
+        s = self._open(family, self._buffer_size, self._fwmark)
+        try:
+            s.bind((host, port))
+            if self.pinning:
+                s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, _FIRST_SOCKET.prog)
+        except BaseException:
+            s.close()
+            raise
+        return s
 
     def _open(self, family, buffer_size, fwmark):
         s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -112,31 +169,92 @@ class UdpEndpoint:
                     s.setsockopt(socket.SOL_SOCKET, plain, buffer_size)
             if fwmark:
                 s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.pinning:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self.gro:
                 try:
                     s.setsockopt(SOL_UDP, UDP_GRO, 1)
                 except OSError:
                     self.gro = False  # before Linux 5.0: plain datagrams
+            if self.filter:
+                udpfilter.attach(s)
         except BaseException:
             s.close()
             raise
         return s
 
     def sockets(self) -> list:
+        """The listening sockets (the pinned ones are not listed)."""
         return [s for s in (self.sock4, self.sock6) if s is not None]
 
-    def socket_for(self, addr: tuple):
-        """The socket to send to `addr` from (None if that family is off)."""
-        return self.sock6 if ":" in addr[0] else self.sock4
+    # -- pinned peers -------------------------------------------------------------
+
+    def pin(self, endpoints) -> tuple[list[int], list[int]]:
+        """Give each of these endpoints a connected socket of its own, and no other endpoint one.
+
+        Returns (descriptors opened, descriptors closed) for the caller's
+        epoll. An endpoint that cannot be pinned (its family has no
+        listening socket, the kernel refuses) keeps using the listening
+        socket: pinning only ever moves a peer's datagrams to a queue of
+        their own.
+        """
+        wanted = {}
+        if self.pinning:
+            for ep in endpoints:
+                ep = normalize(ep)
+                wanted[_pin_key(ep)] = ep
+        closed = []
+        for key in [k for k in self._pinned if k not in wanted]:
+            s = self._pinned.pop(key)
+            fd = s.fileno()
+            self._by_fd.pop(fd, None)
+            self._closed_drops += udpfilter.socket_drops(s)
+            s.close()
+            closed.append(fd)
+        opened = []
+        for key, ep in wanted.items():
+            if key in self._pinned:
+                continue
+            s = self._connect(ep)
+            if s is not None:
+                self._pinned[key] = s
+                self._by_fd[s.fileno()] = s
+                opened.append(s.fileno())
+        return opened, closed
+
+    def pinned(self) -> list[tuple]:
+        return list(self._pinned)
+
+    def _connect(self, ep: tuple):
+        v6 = ":" in ep[0]
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        if (self.sock6 if v6 else self.sock4) is None:
+            return None
+        try:
+            s = self._open(family, self._buffer_size, self._fwmark)
+        except OSError:
+            return None
+        try:
+            s.bind((self._hosts[family], self.port))
+            s.connect(ep)
+        except OSError:
+            s.close()
+            return None
+        return s
 
     # -- the data plane's Bind (tunnel.dataplane.io) ---------------------------
 
     def fds(self) -> list[int]:
-        return [s.fileno() for s in self.sockets()]
+        return list(self._by_fd)
 
     def recv(self, fd: int, buf) -> tuple:
-        sock = self.sock4 if self.sock4 is not None and self.sock4.fileno() == fd else self.sock6
-        return recv_batch(sock, buf)
+        return recv_batch(self._by_fd[fd], buf)
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped at our sockets so far (the filter's and a full buffer's, together)."""
+        return self._closed_drops + sum(udpfilter.socket_drops(s) for s in self._by_fd.values())
 
     def send_train(self, view, segment_size: int, addr: tuple) -> None:
         sock, addr = self._route(addr)
@@ -145,6 +263,10 @@ class UdpEndpoint:
     def send(self, data, addr: tuple) -> None:
         sock, addr = self._route(addr)
         sock.sendto(data, addr)
+
+    def socket_for(self, addr: tuple):
+        """The socket to send to `addr` from (None if that family is off)."""
+        return self.sock6 if ":" in addr[0] else self.sock4
 
     def _route(self, addr: tuple) -> tuple:
         """The socket and address to send to addr: a v4-mapped IPv6 address goes out of the IPv4
@@ -162,15 +284,24 @@ class UdpEndpoint:
         return sock, addr
 
     def close(self) -> None:
-        for s in self.sockets():
+        for s in [*self.sockets(), *self._pinned.values()]:
             s.close()
         self.sock4 = self.sock6 = None
+        self._pinned.clear()
+        self._by_fd.clear()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _pin_key(ep: tuple) -> tuple:
+    """An endpoint as recvmsg reports it, reduced to what identifies it: host, port (and an IPv6 scope)."""
+    if ":" in ep[0]:
+        return (ep[0], ep[1], ep[3] if len(ep) > 3 else 0)
+    return (ep[0], ep[1])
 
 
 def recv_batch(sock, buf) -> tuple:

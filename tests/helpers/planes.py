@@ -40,7 +40,7 @@ class Side:
     """One end: its Device, MemoryTun, MemoryBind and DataPlane."""
 
     def __init__(self, name: str, index: int, net: MemoryNet, clock: Clock, seed, vnet: bool = True,
-                 mtu: int = 1420, gro: bool = True):
+                 mtu: int = 1420, gro: bool = True, filter: bool = True):
         self.name = name
         rng = random.Random(f"{seed}-{name}").randbytes
         # As a daemon does: the wall clock sampled once at start (the loop keeps it current).
@@ -49,7 +49,7 @@ class Side:
         self.address4 = f"10.0.0.{index}"
         self.address6 = f"fd00::{index:x}"
         self.tun = MemoryTun(vnet_hdr=vnet)
-        self.bind: MemoryBind = net.bind(*self.endpoint, gro=gro)
+        self.bind: MemoryBind = net.bind(*self.endpoint, gro=gro, filter=filter)
         self.events: list = []
         self.plane = DataPlane(self.device, self.tun, self.bind, clock=clock, wall_clock=clock.wall,
                                on_event=self.events.append)
@@ -66,8 +66,7 @@ class Side:
         ready = []
         if self.tun.inbox:
             ready.append(self.tun.fd)
-        if self.bind.inbox:
-            ready.extend(self.bind.fds())
+        ready.extend(self.bind.ready_fds())
         return ready
 
     def packets(self) -> list[bytes]:
@@ -92,11 +91,11 @@ class Side:
 
 class PlanePair:
     def __init__(self, seed=0, vnet: bool = True, mtu: int = 1420, gro: bool = True, psk: bytes | None = None,
-                 endpoint_b: bool = False, keepalive_a: int = 0):
+                 endpoint_b: bool = False, keepalive_a: int = 0, filter: bool = True):
         self.net = MemoryNet()
         self.clock = Clock()
-        self.a = Side("a", 1, self.net, self.clock, seed, vnet, mtu, gro)
-        self.b = Side("b", 2, self.net, self.clock, seed, vnet, mtu, gro)
+        self.a = Side("a", 1, self.net, self.clock, seed, vnet, mtu, gro, filter)
+        self.b = Side("b", 2, self.net, self.clock, seed, vnet, mtu, gro, filter)
         a, b = self.a, self.b
         a.device.add_peer(b.device.public_key, preshared_key=psk,
                           allowed_ips=[f"{b.address4}/32", f"{b.address6}/128"], endpoint=b.endpoint,

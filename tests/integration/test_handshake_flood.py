@@ -79,7 +79,9 @@ def test_initiation_flood_gets_cookie_replies_and_data_keeps_flowing(netns_facto
     assert counters["cookie_replies"] > 0, counters
     # Every initiation it looked at was refused (cookie asked, or the key unknown); none was answered.
     assert counters["drops"].get("cookie_required", 0) > 0, counters
-    assert set(counters["drops"]) <= {"cookie_required", "unknown_peer", "handshake_queue_full", "no_route"}, counters
+    # (udp_kernel_drops: those it never looked at, the kernel's for a full receive buffer.)
+    assert set(counters["drops"]) <= {"cookie_required", "unknown_peer", "handshake_queue_full", "no_route",
+                                      "udp_kernel_drops"}, counters
     for tp in (tc, ts):
         assert tp.stop() == 0, tp.log()
 

@@ -282,3 +282,28 @@ def test_random_operations_match_reference(seed):
             assert len(table) == len(ref.routes)
             for peer in peers:
                 assert table.prefixes(peer) == ref.prefixes(peer)
+
+
+def test_fast_prefix_parser_agrees_with_ipaddress():
+    import ipaddress
+    import random
+
+    from tunnel.protocol.allowedips import _parse, _parse_text
+
+    rnd = random.Random(5)
+    samples = ["10.0.0.1/32", "0.0.0.0/0", "255.255.255.255", "fd00::1/128", "::/0", "10.1.2.3/24 ",
+               "2001:db8::/32", "::ffff:1.2.3.4/128"]
+    for _ in range(2000):
+        if rnd.random() < 0.5:
+            samples.append(f"{ipaddress.IPv4Address(rnd.getrandbits(32))}/{rnd.randint(0, 32)}")
+        else:
+            samples.append(f"{ipaddress.IPv6Address(rnd.getrandbits(128))}/{rnd.randint(0, 128)}")
+    for text in samples:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+        expect = (net.version, net.prefixlen, int(net.network_address) >> (net.max_prefixlen - net.prefixlen))
+        assert _parse_text(text) == expect, text
+        assert _parse(text) == expect
+    # Anything unusual is left to ipaddress (and its errors).
+    for odd in ["010.0.0.1/32", "1.2.3/8", "1.2.3.4/33", "1.2.3.4/ 8", "fe80::1%eth0/64", "300.1.1.1", "x/1",
+                "1.2.3.4/-1"]:
+        assert _parse_text(odd) is None, odd

@@ -15,3 +15,7 @@ UDP_RECV_ERROR = "udp_recv_error"  # ICMP errors surface as ECONNREFUSED and the
 TUN_WRITE_BUSY = "tun_write_busy"
 TUN_WRITE_ERROR = "tun_write_error"
 HANDSHAKE_QUEUE_FULL = "handshake_queue_full"
+# Dropped by the kernel at our UDP sockets before we read them: not shaped like a
+# WireGuard message (the socket filter, tunnel/udpfilter.py) or the receive buffer
+# full. The kernel counts both in one per-socket counter; read once a second.
+UDP_KERNEL_DROPS = "udp_kernel_drops"

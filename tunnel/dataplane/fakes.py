@@ -12,6 +12,12 @@ runs exactly the code it runs over real devices:
   train of equal-sized datagrams (only the last smaller, at most 64) is
   read back in one `recv`, as UDP GRO gives it; a single `send` arrives
   alone;
+- a MemoryBind judges what arrives with the socket filter's own program
+  (tunnel.udpfilter, run by its reference interpreter: a train as one
+  packet, as the kernel does) and counts what it refuses in
+  `kernel_drops()`, unless made with filter=False;
+- `pin(endpoints)` gives those sources a queue (and descriptor) of their
+  own, as the connected sockets of tunnel.udp do;
 - impairments only when a test asks: `MemoryNet.impair(datagrams, source,
   destination) -> datagrams` may drop, duplicate, reorder or rewrite them;
 - each fake has a real eventfd that is readable while it has something to
@@ -25,8 +31,9 @@ import errno
 import os
 from typing import Callable
 
+from .. import udpfilter
 from ..offload import GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET, VNET_HDR_LEN
-from ..udp import MAX_GSO_SEGMENTS
+from ..udp import MAX_GSO_SEGMENTS, _pin_key, normalize
 
 GRO_MAX_BYTES = 65535
 
@@ -112,8 +119,8 @@ class MemoryNet:
         self.impair: Callable[[list[bytes], tuple, tuple], list[bytes]] | None = None
         self.undeliverable: list[tuple[tuple, bytes]] = []
 
-    def bind(self, host: str, port: int, gro: bool = True) -> "MemoryBind":
-        b = MemoryBind(self, (host, port), gro)
+    def bind(self, host: str, port: int, gro: bool = True, filter: bool = True) -> "MemoryBind":
+        b = MemoryBind(self, (host, port), gro, filter)
         self.binds[(host, port)] = b
         return b
 
@@ -130,29 +137,62 @@ class MemoryNet:
 class MemoryBind:
     """One UDP port on a MemoryNet; `sent` logs (destination, datagram) for tests."""
 
-    def __init__(self, net: MemoryNet, address: tuple, gro: bool = True):
+    def __init__(self, net: MemoryNet, address: tuple, gro: bool = True, filter: bool = True):
         self.net = net
         self.address = address
         self.port = address[1]
         self.gro = gro
+        self.filter = filter
+        self.filtered = 0
+        # The listening socket's queue; pinned sources have their own (fd -> queue).
         self.inbox: collections.deque[tuple[bytes, int, tuple]] = collections.deque()
         self.sent: list[tuple[tuple, bytes]] = []
         self._ready = _Readable()
+        self._queues: dict[int, tuple[collections.deque, _Readable]] = {self._ready.fd: (self.inbox, self._ready)}
+        self._pins: dict[tuple, int] = {}  # pinned source -> its fd
 
     # -- Bind ----------------------------------------------------------------
 
     def fds(self) -> list[int]:
-        return [self._ready.fd]
+        return list(self._queues)
+
+    def queued(self) -> int:
+        """Reads waiting, over all the queues."""
+        return sum(len(q) for q, _ in self._queues.values())
+
+    def ready_fds(self) -> list[int]:
+        """The descriptors epoll would report readable now."""
+        return [fd for fd, (q, _) in self._queues.items() if q]
 
     def recv(self, fd: int, buf) -> tuple[int, int, tuple]:
-        if not self.inbox:
-            self._ready.update(False)
+        inbox, ready = self._queues[fd]
+        if not inbox:
+            ready.update(False)
             raise BlockingIOError(errno.EAGAIN, "no datagram")
-        data, seg, source = self.inbox.popleft()
+        data, seg, source = inbox.popleft()
         n = min(len(data), len(buf))
         buf[:n] = data[:n]
-        self._ready.update(bool(self.inbox))
+        ready.update(bool(inbox))
         return n, seg, source
+
+    def pin(self, endpoints) -> tuple[list[int], list[int]]:
+        wanted = {_pin_key(normalize(ep)) for ep in endpoints}
+        closed = []
+        for key in [k for k in self._pins if k not in wanted]:
+            fd = self._pins.pop(key)
+            _, ready = self._queues.pop(fd)
+            ready.close()  # what was queued goes with the socket, as in the kernel
+            closed.append(fd)
+        opened = []
+        for key in wanted - set(self._pins):
+            ready = _Readable()
+            self._pins[key] = ready.fd
+            self._queues[ready.fd] = (collections.deque(), ready)
+            opened.append(ready.fd)
+        return opened, closed
+
+    def pinned(self) -> list[tuple]:
+        return list(self._pins)
 
     def send_train(self, view, segment_size: int, endpoint: tuple) -> None:
         data = bytes(view)
@@ -161,6 +201,9 @@ class MemoryBind:
 
     def send(self, data, endpoint: tuple) -> None:
         self._send([bytes(data)], endpoint, False)
+
+    def kernel_drops(self) -> int:
+        return self.filtered
 
     # -- the network's side ----------------------------------------------------
 
@@ -174,13 +217,23 @@ class MemoryBind:
 
     def inject_train(self, data: bytes, segment_size: int, source: tuple) -> None:
         """A GRO train arrives as it is: datagrams of segment_size bytes, the last may be shorter."""
-        self.inbox.append((bytes(data), segment_size, source))
-        self._ready.update(True)
+        self._queue(bytes(data), segment_size, source)
+
+    def _queue(self, data: bytes, segment_size: int, source: tuple) -> None:
+        """One datagram or GRO train reaches a socket (the source's pinned one, or the listening one);
+        the filter judges it whole, as the kernel's does."""
+        if self.filter and not udpfilter.accepts(data):
+            self.filtered += 1
+            return
+        fd = self._pins.get(_pin_key(source), self._ready.fd) if self._pins else self._ready.fd
+        inbox, ready = self._queues[fd]
+        inbox.append((data, segment_size, source))
+        ready.update(True)
 
     def arrive(self, datagrams: list[bytes], source: tuple, train: bool) -> None:
         if not (self.gro and train):
             for d in datagrams:
-                self.inbox.append((d, len(d), source))
+                self._queue(d, len(d), source)
         else:
             # GRO: runs of one size (the last of a run may be smaller), within the limits.
             run: list[bytes] = []
@@ -193,14 +246,14 @@ class MemoryBind:
                 run.append(d)
             if run:
                 self._queue_run(run, source)
-        self._ready.update(bool(self.inbox))
 
     def _queue_run(self, run: list[bytes], source: tuple) -> None:
-        self.inbox.append((b"".join(run), len(run[0]), source))
+        self._queue(b"".join(run), len(run[0]), source)
 
     def take_sent(self) -> list[tuple[tuple, bytes]]:
         out, self.sent = self.sent, []
         return out
 
     def close(self) -> None:
-        self._ready.close()
+        for _, ready in self._queues.values():
+            ready.close()

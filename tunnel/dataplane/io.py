@@ -48,3 +48,10 @@ class Bind(Protocol):
 
     def send(self, data, endpoint: tuple) -> None:
         """Send one datagram."""
+
+    def pin(self, endpoints) -> tuple[list[int], list[int]]:
+        """Give each endpoint a descriptor (a queue in the kernel) of its own, and no other endpoint one:
+        (descriptors opened, descriptors closed). An endpoint that cannot have one stays on the shared one."""
+
+    def kernel_drops(self) -> int:
+        """Datagrams dropped before they could be read, so far (a counter that only grows, modulo 2**32)."""

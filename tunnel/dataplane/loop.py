@@ -9,11 +9,24 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   queued messages the core is told it is under load for UNDER_LOAD_SECONDS
   and answers with cookie replies (wireguard-go's rule);
 - one turn (`service`) serves the descriptors that are ready, lightest
-  first (ACKs and pings do not wait behind a turn of bulk data), then the
-  handshake queue, then the core's timers; `run` is epoll around it, and
-  tests call `service` with a fake clock;
+  first (ACKs and pings do not wait behind a turn of bulk data) and the
+  listening sockets last, then the handshake queue, then the core's
+  timers; `run` is epoll around it, and tests call `service` with a fake
+  clock;
 - the loop's thread owns the Device: other threads hand it work with
-  call_soon_threadsafe.
+  call_soon_threadsafe;
+- what the kernel dropped at the UDP sockets (the socket filter, a full
+  buffer) is read once a second (KERNEL_DROPS_INTERVAL) into the same drop
+  counters, so `tunnel show` and the metrics see it;
+- every peer with a session gets a UDP socket of its own (Bind.pin, up to
+  PINNED_MAX), re-decided when a handshake completes, a peer roams or its
+  keys go, and once a second: an established session's datagrams then
+  queue apart from whatever floods the listening port, and a turn serves
+  them first (they are light), so garbage costs them neither buffer space
+  nor waiting; in a turn where the TUN or a pinned socket had work, the
+  listening sockets get only SHARED_READS_WHEN_BUSY reads (the kernel
+  drops what does not fit in their buffers, at no cost to us), so a flood
+  takes a bounded share of the loop from established sessions.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ from typing import Callable
 from ..protocol import Device, Drop, Event, SendDatagram, WritePacket
 from ..protocol.crypto import encode_key
 from . import drops as D
-from .receive import Receiver
+from .receive import UDP_READS_PER_TURN, Receiver
 from .send import Sender
 
 log = logging.getLogger("tunnel")
@@ -38,6 +51,13 @@ HANDSHAKE_BUDGET = 8
 HANDSHAKE_QUEUE_MAX = 4096
 UNDER_LOAD_QUEUE = 64
 UNDER_LOAD_SECONDS = 1.0
+KERNEL_DROPS_INTERVAL = 1.0
+# Sockets of their own for this many peers with a session (each is a descriptor).
+PINNED_MAX = 256
+PIN_INTERVAL = 1.0
+# Reads a listening socket gets in a turn in which established traffic had work.
+SHARED_READS_WHEN_BUSY = 32
+_PIN_EVENTS = frozenset(("handshake_completed", "roamed", "keys_zeroed"))
 
 
 class DataPlane:
@@ -68,6 +88,12 @@ class DataPlane:
         self.extra_fds: dict[int, Callable[[], None]] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._work: dict[int, int] = {}  # bytes each descriptor gave last time
+        self._kernel_drops = bind.kernel_drops()
+        self._kernel_drops_at = clock()
+        self._pins_dirty = False
+        self._pinned_at = clock()
+        self._epoll: select.epoll | None = None
+        self._shared_fds = frozenset(bind.fds())  # the listening sockets: everything not pinned
 
     # ------------------------------------------------------------------
     # the loop
@@ -102,7 +128,7 @@ class DataPlane:
         return max(0.0, min(1.0, deadline - self.clock()))
 
     def run(self) -> None:
-        ep = select.epoll()
+        ep = self._epoll = select.epoll()
         try:
             for fd in (self.tun.fd, *self.bind.fds(), self._wake_r, *self.extra_fds):
                 ep.register(fd, select.EPOLLIN)
@@ -110,6 +136,7 @@ class DataPlane:
                 events = ep.poll(self.timeout())
                 self.service([fd for fd, _ in events], self.clock())
         finally:
+            self._epoll = None
             ep.close()
 
     def service(self, ready: list[int], now: float) -> None:
@@ -117,12 +144,16 @@ class DataPlane:
         # Initiations made in this turn carry the wall clock as it is now (NTP may have moved it).
         self.device.sync_wall(self.wall_clock(), now)
         work = self._work
+        shared = self._shared_fds
         if len(ready) > 1:
-            ready.sort(key=lambda fd: work.get(fd, 0))
+            # Lightest first, the listening sockets last: their budget depends on what the others had.
+            ready.sort(key=lambda fd: (fd in shared, work.get(fd, 0)))
         tun_fd = self.tun.fd
+        busy = False  # the TUN or a pinned socket had work in this turn
         for fd in ready:
             if fd == tun_fd:
-                work[fd] = self.sender.from_tun(now)
+                work[fd] = n = self.sender.from_tun(now)
+                busy = busy or n > 0
             elif fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 512)
@@ -130,8 +161,11 @@ class DataPlane:
                     pass
             elif fd in self.extra_fds:
                 self.extra_fds[fd]()
+            elif fd in shared:
+                work[fd] = self.receiver.from_udp(fd, now, SHARED_READS_WHEN_BUSY if busy else UDP_READS_PER_TURN)
             else:
-                work[fd] = self.receiver.from_udp(fd, now)
+                work[fd] = n = self.receiver.from_udp(fd, now)
+                busy = busy or n > 0
         while self._calls:
             self._calls.popleft()()
         if self.handshakes:
@@ -139,6 +173,36 @@ class DataPlane:
         deadline = self.device.next_deadline()
         if deadline is not None and deadline <= now:
             self.perform(self.device.tick(now), now)
+        if now - self._kernel_drops_at >= KERNEL_DROPS_INTERVAL:
+            self.count_kernel_drops(now)
+        if self._pins_dirty or now - self._pinned_at >= PIN_INTERVAL:
+            self.repin(now)
+
+    def repin(self, now: float) -> None:
+        """Sockets of their own for the peers that have a session now (and for no one else)."""
+        self._pins_dirty = False
+        self._pinned_at = now
+        endpoints = []
+        for peer in self.device.peers.values():
+            if peer.current is not None and peer.endpoint is not None:
+                endpoints.append(peer.endpoint)
+                if len(endpoints) >= PINNED_MAX:
+                    break
+        opened, closed = self.bind.pin(endpoints)
+        for fd in closed:  # closing took them out of the epoll set
+            self._work.pop(fd, None)
+        if self._epoll is not None:
+            for fd in opened:
+                self._epoll.register(fd, select.EPOLLIN)
+
+    def count_kernel_drops(self, now: float) -> None:
+        """Add what the kernel dropped at our sockets since the last look (its counters are u32)."""
+        self._kernel_drops_at = now
+        total = self.bind.kernel_drops()
+        delta = (total - self._kernel_drops) % (1 << 32)
+        self._kernel_drops = total
+        if delta:
+            self.stats.drops[D.UDP_KERNEL_DROPS] += delta
 
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -159,6 +223,8 @@ class DataPlane:
             elif t is WritePacket:
                 self.receiver.write_plain(a.data)
             elif t is Event:
+                if a.kind in _PIN_EVENTS:
+                    self._pins_dirty = True
                 self.on_event(a)
             elif t is not Drop:  # drops are counted by the core
                 raise TypeError(f"unknown action {a!r}")

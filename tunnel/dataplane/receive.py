@@ -49,8 +49,9 @@ class Receiver:
         self.pview = memoryview(bytearray(RECV_BUFFER_SIZE))
         self.deliver = self.coalescer.add if self.vnet else self.write_plain
 
-    def from_udp(self, fd: int, now: float) -> int:
-        """Read, open and deliver up to a turn's budget from one socket; returns the bytes read."""
+    def from_udp(self, fd: int, now: float, reads: int = UDP_READS_PER_TURN) -> int:
+        """Read, open and deliver up to a turn's budget (bytes, and `reads` reads) from one socket;
+        returns the bytes read."""
         device = self.device
         recv = self.bind.recv
         uview, pview = self.uview, self.pview
@@ -59,7 +60,7 @@ class Receiver:
         drops = self.counters.drops
         actions: list = []
         budget = UDP_BYTES_PER_TURN
-        for _ in range(UDP_READS_PER_TURN):
+        for _ in range(reads):
             if budget <= 0:
                 break
             try:

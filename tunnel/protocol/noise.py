@@ -95,8 +95,9 @@ class Handshake:
         self.local = local
         self.remote_static = remote_static
         self.preshared_key = preshared_key or _ZERO_PSK
-        # ss is the same for every handshake with this peer: computed once.
-        self.precomputed_static_static = local.private.exchange(remote_static)
+        # ss is the same for every handshake with this peer: computed once, at
+        # the first handshake (10,000 configured peers cost no X25519 at start-up).
+        self._static_static: bytes | None | bool = False
         self.state = ZEROED
         self.hash = b""
         self.chaining_key = b""
@@ -112,6 +113,13 @@ class Handshake:
 
     def __repr__(self) -> str:
         return f"Handshake(state={self.state})"
+
+    @property
+    def precomputed_static_static(self) -> bytes | None:
+        """DH(our static, their static); None when their key is a low-order point."""
+        if self._static_static is False:
+            self._static_static = self.local.private.exchange(self.remote_static)
+        return self._static_static
 
     @property
     def valid_peer(self) -> bool:
