@@ -22,6 +22,7 @@ PORTS = [0, 21, 22, 23, 53, 79, 80, 81, 443, 5432, 8000, 8050, 8100, 8101, 8443,
 class Scenario:
     data: dict
     clients: list[ClientRef]
+    pool: list[str] | None = None  # destination addresses worth trying
 
     @property
     def text(self) -> str:
@@ -90,14 +91,15 @@ def random_scenario(rng: random.Random) -> Scenario:
 def random_packet(rng: random.Random, sc: Scenario) -> tuple[str | None, str, int | None, str]:
     names = [c.name for c in sc.clients]
     src = rng.choice(names + [None]) if rng.random() < 0.1 else rng.choice(names)
-    pool = ["10.8.0.1", "fd08::1", "10.1.0.53", "fd01::53", "8.8.8.8"]
-    for h in sc.data["hosts"].values():
-        net = ipaddress.ip_network(h)
-        pool += [str(net.network_address), str(net.broadcast_address),
-                 str(net.network_address + rng.randrange(net.num_addresses))]
-    for c in sc.clients:
-        pool += [a.split("/")[0] for a in c.addresses]
-    pool += [f"10.1.{rng.randint(0, 2)}.{rng.randint(0, 255)}", f"fd01::{rng.randint(0, 3):x}:{rng.randint(0, 300):x}",
+    if sc.pool is None:
+        sc.pool = ["10.8.0.1", "fd08::1", "10.1.0.53", "fd01::53", "8.8.8.8"]
+        for h in sc.data["hosts"].values():
+            net = ipaddress.ip_network(h)
+            sc.pool += [str(net.network_address), str(net.broadcast_address),
+                        str(net.network_address + rng.randrange(net.num_addresses))]
+        for c in sc.clients:
+            sc.pool += [a.split("/")[0] for a in c.addresses]
+    pool = sc.pool + [f"10.1.{rng.randint(0, 2)}.{rng.randint(0, 255)}", f"fd01::{rng.randint(0, 3):x}:{rng.randint(0, 300):x}",
              f"10.9.{rng.randint(0, 7)}.{rng.randint(0, 255)}"]
     proto = rng.choice(["tcp", "udp", "icmp"])
     port = None if proto == "icmp" else (rng.choice(PORTS) if rng.random() < 0.8 else rng.randint(0, 65535))

@@ -1,0 +1,371 @@
+"""The policy compiled to one nftables table: sets and verdict maps the kernel looks up.
+
+    table inet tunnel_acl_IFACE
+      input   (hook, iif IFACE) ----------------+
+      forward (hook, iif IFACE) -> from_client -+-> ct direction reply / related: accept
+                                                |   local services on gateway addresses: accept
+                                                |   saddr vmap @clients4/@clients6 ---> class_N | login_only
+                                                |   (no element) --------------------------> unknown
+      forward (hook, oif IFACE) -> to_client ------> replies / related: accept, else deny_inbound
+      class_N:  port 53 -> its dns servers (or the gateway's) | daddr . l4proto . dport @class_N_4 accept
+                | ICMP daddr @class_N_icmp4 accept | goto deny_default
+      deny_R:   counter deny_R, per-source counter (@deny4/@deny6), rate-limited NFLOG "R", drop
+
+Rules kept here:
+- per-packet cost does not grow with rules or clients: one hash lookup of
+  the source address picks the client's class chain, one lookup in that
+  class's concatenated interval set decides; clients with the same
+  applicable rules and DNS share a class;
+- the policy is evaluated on every packet in the conntrack ORIGINAL
+  direction, not only on new connections: a policy that now denies an
+  established connection stops it at its next packet; replies pass;
+- a client is moved between its class and `login_only` by changing its
+  one element in @clients4/@clients6 (kernel.set_client_target): class
+  chains exist for every client, logged in or not;
+- the chain order here is the order of evaluate.decide (that module's
+  docstring); `explain` must say what the kernel does;
+- the text is deterministic for the same input (sorted), so two compiles
+  of one policy can be compared.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from tunnel import nft
+
+from .clients import ClientRef, Resolver
+from .context import GatewayContext
+from .errors import PolicyError
+from .evaluate import DNS_PORT
+from .intervals import Box, Interval, disjoint_boxes, host_bits, merge_intervals
+from .model import Policy
+from .reasons import DENY_REASONS, Reason
+from .settings import dns_for
+from .targets import IPAddress
+
+LOGIN_ONLY = "login_only"
+UNKNOWN = "unknown"
+FAMILY = "inet"
+SET_SIZE = 65535
+# Log at most this often per source address, and this often in all, so
+# that a client hammering a denied port cannot flood the journal.
+LOG_PER_SOURCE = "10/minute burst 5 packets"
+LOG_TOTAL = "10/second burst 20 packets"
+LOG_SNAPLEN = 128  # IP + transport headers are all the reader parses
+_BITS = {4: 32, 6: 128}
+_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_IP = {4: "ip", 6: "ip6"}
+_ICMP = {4: "icmp", 6: "ipv6-icmp"}
+
+
+def table_name(ifname: str) -> str:
+    return nft.table_name("acl", ifname)
+
+
+def default_log_group(ifname: str) -> int:
+    """An NFLOG group for IFACE: stable, and different for different interfaces (almost always)."""
+    return 20000 + zlib.crc32(ifname.encode()) % 10000
+
+
+@dataclass
+class PolicyClass:
+    """Clients that the policy treats alike: one chain, one set per family."""
+
+    chain: str
+    clients: list[str]
+    rules: tuple[int, ...]
+    dns: tuple[IPAddress, ...] | None
+    ports: dict[int, list[tuple[str, Box]]]  # family -> (proto, disjoint box)
+    icmp: dict[int, list[Interval]]  # family -> disjoint address intervals
+
+    def accepts(self, addr: IPAddress, proto: str, port: int | None) -> bool:
+        """What the kernel's set lookups answer for a packet of this class (for tests)."""
+        a = int(addr)
+        if proto == "icmp":
+            return any(lo <= a <= hi for lo, hi in self.icmp[addr.version])
+        return any(p == proto and alo <= a <= ahi and plo <= port <= phi
+                   for p, (alo, ahi, plo, phi) in self.ports[addr.version])
+
+
+@dataclass
+class Compiled:
+    table: str
+    ifname: str
+    ruleset: str
+    classes: list[PolicyClass]
+    class_of: dict[str, str]  # client address ("10.8.0.2", "fd08::2", "10.9.0.0/24") -> its class chain
+    targets: dict[str, str]  # the same addresses -> what the map holds now (class chain or LOGIN_ONLY)
+    names: dict[str, str]  # the same addresses -> client name (the log reader's lookup)
+    log_group: int
+    warnings: list[str] = field(default_factory=list)
+    elements: dict[str, int] = field(default_factory=dict)  # element counts, for the benchmark
+
+
+def compile_ruleset(policy: Policy, clients: Iterable[ClientRef], *, ifname: str, table: str | None = None,
+                    gateway_addresses: Iterable[str] = (), dns_servers: Iterable[str] = (),
+                    local_services: Iterable[str] = (), log_group: int | None = None) -> str:
+    """The nft table text for POLICY applied to CLIENTS on IFNAME (see compile_policy)."""
+    return compile_policy(policy, clients, ifname=ifname, table=table, gateway_addresses=gateway_addresses,
+                          dns_servers=dns_servers, local_services=local_services, log_group=log_group).ruleset
+
+
+def compile_policy(policy: Policy, clients: Iterable[ClientRef], *, ifname: str, table: str | None = None,
+                   gateway_addresses: Iterable[str] = (), dns_servers: Iterable[str] = (),
+                   local_services: Iterable[str] = (), log_group: int | None = None,
+                   gateway: GatewayContext | None = None) -> Compiled:
+    """Compile POLICY for CLIENTS. Names that match no client are skipped and listed in `warnings`."""
+    nft.check_ifname(ifname)
+    table = table or table_name(ifname)
+    if gateway is None:
+        try:
+            gateway = GatewayContext.make(gateway_addresses, dns_servers, local_services)
+        except ValueError as exc:
+            raise PolicyError(f"gateway settings: {exc}") from None
+    log_group = default_log_group(ifname) if log_group is None else log_group
+    if not 0 <= log_group <= 65535:
+        raise PolicyError(f"log group {log_group} out of range (0-65535)")
+    resolver = Resolver(policy, clients)
+    try:
+        for c in resolver.clients:
+            c.networks  # noqa: B018 - validates every address up front, with the client's name
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+    classes, class_of, names = _classes(policy, resolver)
+    targets = {a: (chain if resolver.client(names[a]).admitted else LOGIN_ONLY) for a, chain in class_of.items()}
+    compiled = Compiled(table, ifname, "", classes, class_of, targets, names, log_group)
+    compiled.ruleset = _Writer(compiled, gateway).text()
+    compiled.warnings = list(resolver.problems)
+    return compiled
+
+
+# -- classes -------------------------------------------------------------------
+
+
+def _classes(policy: Policy, resolver: Resolver) -> tuple[list[PolicyClass], dict[str, str], dict[str, str]]:
+    rule_shapes = [_rule_shapes(policy, resolver, i) for i in range(len(policy.rules))]
+    by_signature: dict[tuple, list[ClientRef]] = {}
+    for c in resolver.clients:
+        sig = (resolver.applicable_rules(c), dns_for(policy, resolver, c))
+        by_signature.setdefault(sig, []).append(c)
+    # Different rule lists can give the same sets (duplicate rules): one class for both.
+    by_content: dict[tuple, PolicyClass] = {}
+    for (rules, dns), members in by_signature.items():
+        ports: dict[int, list[tuple[str, Box]]] = {4: [], 6: []}
+        icmp: dict[int, list[Interval]] = {4: [], 6: []}
+        for fam in (4, 6):
+            for proto in ("tcp", "udp"):
+                boxes = [b for i in rules for b in rule_shapes[i][0].get((fam, proto), ())]
+                ports[fam].extend((proto, b) for b in sorted(disjoint_boxes(boxes)))
+            icmp[fam] = merge_intervals(iv for i in rules for iv in rule_shapes[i][1].get(fam, ()))
+        key = (tuple(ports[4]), tuple(ports[6]), tuple(icmp[4]), tuple(icmp[6]), dns)
+        cls = by_content.get(key)
+        if cls is None:
+            cls = by_content[key] = PolicyClass("", [], rules, dns, ports, icmp)
+        else:
+            cls.rules = tuple(sorted(set(cls.rules) | set(rules)))
+        cls.clients.extend(c.name for c in members)
+    classes = sorted(by_content.values(), key=lambda k: min(k.clients))
+    class_of: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for n, cls in enumerate(classes, 1):
+        cls.chain = f"class_{n}"
+        cls.clients.sort()
+        for name in cls.clients:
+            for net in resolver.client(name).networks:
+                key = str(net.network_address) if net.num_addresses == 1 else str(net)
+                if key in names:
+                    raise PolicyError(f"clients {names[key]!r} and {name!r} both have the address {key}")
+                class_of[key] = cls.chain
+                names[key] = name
+    _check_subnets(names)
+    return classes, class_of, names
+
+
+def _check_subnets(names: dict[str, str]) -> None:
+    """Client subnets go into an interval map, which refuses overlaps: say who overlaps whom."""
+    nets = sorted((ipaddress.ip_network(k) for k in names if "/" in k), key=lambda n: (n.version, n))
+    for a, b in zip(nets, nets[1:]):
+        if a.version == b.version and a.overlaps(b):
+            raise PolicyError(f"clients {names[str(a)]!r} ({a}) and {names[str(b)]!r} ({b}) have overlapping subnets")
+
+
+def _rule_shapes(policy: Policy, resolver: Resolver, index: int):
+    """A rule's (ports boxes by (family, proto), ICMP intervals by family), independent of the source."""
+    rule = policy.rules[index]
+    boxes: dict[tuple[int, str], list[Box]] = {}
+    icmp: dict[int, list[Interval]] = {}
+    for d in rule.dst:
+        for net in resolver.networks(d.target):
+            lo, hi = int(net.network_address), int(net.broadcast_address)
+            for proto in ("tcp", "udp"):
+                if proto in rule.protos:
+                    boxes.setdefault((net.version, proto), []).extend((lo, hi, plo, phi) for plo, phi in d.ports)
+            if "icmp" in rule.protos:
+                icmp.setdefault(net.version, []).append((lo, hi))
+    return boxes, icmp
+
+
+# -- text ----------------------------------------------------------------------
+
+
+def _addr(fam: int, value: int) -> str:
+    return str(ipaddress.IPv4Address(value) if fam == 4 else ipaddress.IPv6Address(value))
+
+
+def _addr_range(fam: int, lo: int, hi: int) -> str:
+    if lo == hi:
+        return _addr(fam, lo)
+    bits = host_bits(lo, hi)
+    if bits is not None:
+        return f"{_addr(fam, lo)}/{_BITS[fam] - bits}"
+    return f"{_addr(fam, lo)}-{_addr(fam, hi)}"
+
+
+def _port_range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _elements(items: list[str]) -> str:
+    return "elements = { " + ",\n\t\t\t".join(items) + " }" if items else ""
+
+
+class _Writer:
+    def __init__(self, compiled: Compiled, gateway: GatewayContext) -> None:
+        self.c = compiled
+        self.gw = gateway
+        self.lines: list[str] = []
+        self.counts: dict[str, int] = {}
+
+    def emit(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def set_decl(self, kind: str, name: str, type_: str, flags: str, items: list[str], count_as: str) -> None:
+        body = [f"type {type_}"]
+        if flags:
+            body.append(f"flags {flags}")
+        if items:
+            body.append(_elements(items))
+        self.emit(f"\t{kind} {name} {{", *(f"\t\t{b}" for b in body), "\t}")
+        self.counts[count_as] = self.counts.get(count_as, 0) + len(items)
+
+    def text(self) -> str:
+        c, gw = self.c, self.gw
+        iface = c.ifname
+        self.emit(f"table {FAMILY} {c.table} {{")
+        for reason in DENY_REASONS:
+            # kernel.apply carries counts over from the table it replaces by
+            # rewriting exactly these lines: keep them one line each.
+            self.emit(f"\tcounter {reason.counter} {{ packets 0 bytes 0 }}")
+        for fam in (4, 6):
+            self.emit(f"\tset deny{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; flags dynamic; counter; }}",
+                      f"\tset logrl{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; flags dynamic,timeout; timeout 1m; }}")
+            dns = [str(a) for a in gw.dns_servers if a.version == fam]
+            self.set_decl("set", f"gwdns{fam}", _TYPE[fam], "", dns, "gateway dns")
+            local = [f"{a} . {s.proto} . {s.port}" for a in gw.addresses if a.version == fam
+                     for s in gw.local_services]
+            self.set_decl("set", f"local{fam}", f"{_TYPE[fam]} . inet_proto . inet_service", "", local,
+                          "local services")
+            nets = sorted((ipaddress.ip_network(a), t) for a, t in c.targets.items()
+                          if ipaddress.ip_network(a).version == fam)
+            self.set_decl("map", f"clients{fam}", f"{_TYPE[fam]} : verdict", "",
+                          [f"{n.network_address} : jump {t}" for n, t in nets if n.num_addresses == 1],
+                          "client map")
+            self.set_decl("map", f"clientnets{fam}", f"{_TYPE[fam]} : verdict", "interval",
+                          [f"{n} : jump {t}" for n, t in nets if n.num_addresses > 1], "client map")
+        for cls in c.classes:
+            self.class_sets(cls)
+        for cls in c.classes:
+            self.class_chain(cls)
+        self.gate_chain(LOGIN_ONLY, Reason.LOGIN)
+        self.gate_chain(UNKNOWN, Reason.UNKNOWN)
+        for reason in DENY_REASONS:
+            self.deny_chain(reason)
+        self.emit("\tchain from_client {",
+                  "\t\tct direction reply accept",
+                  "\t\tct state related accept")
+        for fam in (4, 6):
+            if self.counts.get("local services"):
+                self.emit(f"\t\t{_IP[fam]} daddr . meta l4proto . th dport @local{fam} accept")
+        subnets = any("/" in a for a in c.targets)
+        for fam in (4, 6):
+            self.emit(f"\t\t{_IP[fam]} saddr vmap @clients{fam}")
+            if subnets:  # clients with a routed subnet: rare, and an interval lookup
+                self.emit(f"\t\t{_IP[fam]} saddr vmap @clientnets{fam}")
+        self.emit(f"\t\tgoto {UNKNOWN}", "\t}")
+        self.emit("\tchain to_client {",
+                  "\t\tct direction reply accept",
+                  "\t\tct state related accept",
+                  f"\t\tgoto deny_{Reason.INBOUND.value}",
+                  "\t}")
+        self.emit("\tchain input {",
+                  "\t\ttype filter hook input priority filter; policy accept;",
+                  # Neighbour discovery is link-local and never forwarded;
+                  # a TUN never carries it, a test's veth stand-in does.
+                  f'\t\tiifname "{iface}" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} '
+                  "ip6 hoplimit 255 accept",
+                  f'\t\tiifname "{iface}" meta pkttype {{ broadcast, multicast }} drop',
+                  f'\t\tiifname "{iface}" jump from_client',
+                  "\t}")
+        self.emit("\tchain forward {",
+                  "\t\ttype filter hook forward priority filter; policy accept;",
+                  f'\t\tiifname "{iface}" jump from_client',
+                  f'\t\toifname "{iface}" jump to_client',
+                  "\t}")
+        self.emit("}")
+        self.c.elements = dict(self.counts)
+        return "\n".join(self.lines) + "\n"
+
+    def class_sets(self, cls: PolicyClass) -> None:
+        for fam in (4, 6):
+            items = [f"{_addr_range(fam, alo, ahi)} . {proto} . {_port_range(plo, phi)}"
+                     for proto, (alo, ahi, plo, phi) in cls.ports[fam]]
+            if items:
+                self.set_decl("set", f"{cls.chain}_{fam}", f"{_TYPE[fam]} . inet_proto . inet_service",
+                              "interval", items, "rule elements")
+            icmp = [_addr_range(fam, lo, hi) for lo, hi in cls.icmp[fam]]
+            if icmp:
+                self.set_decl("set", f"{cls.chain}_icmp{fam}", _TYPE[fam], "interval", icmp, "icmp elements")
+
+    def dns_rules(self, servers: tuple[IPAddress, ...] | None) -> None:
+        port53 = f"meta l4proto {{ tcp, udp }} th dport {DNS_PORT}"
+        if servers is None:
+            for fam in (4, 6):
+                if any(a.version == fam for a in self.gw.dns_servers):
+                    self.emit(f"\t\t{port53} {_IP[fam]} daddr @gwdns{fam} accept")
+            return
+        for fam in (4, 6):
+            mine = [str(a) for a in servers if a.version == fam]
+            if mine:
+                self.emit(f"\t\t{port53} {_IP[fam]} daddr {{ {', '.join(mine)} }} accept")
+        self.emit(f"\t\t{port53} goto deny_{Reason.DNS.value}")
+
+    def class_chain(self, cls: PolicyClass) -> None:
+        rules = ",".join(map(str, cls.rules)) or "none"
+        self.emit(f"\tchain {cls.chain} {{")
+        self.dns_rules(cls.dns)
+        for fam in (4, 6):
+            if cls.ports[fam]:
+                self.emit(f"\t\t{_IP[fam]} daddr . meta l4proto . th dport @{cls.chain}_{fam} accept")
+            if cls.icmp[fam]:
+                self.emit(f"\t\tmeta l4proto {_ICMP[fam]} {_IP[fam]} daddr @{cls.chain}_icmp{fam} accept")
+        self.emit(f'\t\tgoto deny_{Reason.DEFAULT.value} comment "acls {rules}; {len(cls.clients)} clients"', "\t}")
+
+    def gate_chain(self, name: str, reason: Reason) -> None:
+        self.emit(f"\tchain {name} {{")
+        self.dns_rules(None)
+        self.emit(f"\t\tgoto deny_{reason.value}", "\t}")
+
+    def deny_chain(self, reason: Reason) -> None:
+        self.emit(f"\tchain deny_{reason.value} {{", f'\t\tcounter name "{reason.counter}"')
+        for fam in (4, 6):
+            if reason is not Reason.INBOUND:  # its source is no client: counted by reason only
+                self.emit(f"\t\tupdate @deny{fam} {{ {_IP[fam]} saddr }}")
+        for fam in (4, 6):
+            self.emit(f"\t\tupdate @logrl{fam} {{ {_IP[fam]} saddr limit rate {LOG_PER_SOURCE} }} "
+                      f'limit rate {LOG_TOTAL} log prefix "{reason.value}" group {self.c.log_group} '
+                      f"snaplen {LOG_SNAPLEN}")
+        self.emit("\t\tdrop", "\t}")
