@@ -40,7 +40,7 @@ from tunnel import nft
 from .clients import ClientRef, Resolver
 from .context import GatewayContext
 from .errors import PolicyError
-from .evaluate import DNS_PORT
+from .evaluate import DNS_PORT, MULTICAST
 from .intervals import Box, Interval, disjoint_boxes, host_bits, merge_intervals
 from .model import Policy
 from .reasons import DENY_REASONS, Reason
@@ -286,7 +286,11 @@ class _Writer:
             self.deny_chain(reason)
         self.emit("\tchain from_client {",
                   "\t\tct direction reply accept",
-                  "\t\tct state related accept")
+                  "\t\tct state related accept",
+                  # Link-local chatter (MLD, router solicitations) is no attempt to reach anything:
+                  # dropped before it is counted or logged.
+                  f"\t\tip daddr {MULTICAST[4]} drop",
+                  f"\t\tip6 daddr {MULTICAST[6]} drop")
         for fam in (4, 6):
             if self.counts.get("local services"):
                 self.emit(f"\t\t{_IP[fam]} daddr . meta l4proto . th dport @local{fam} accept")
@@ -307,7 +311,6 @@ class _Writer:
                   # a TUN never carries it, a test's veth stand-in does.
                   f'\t\tiifname "{iface}" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} '
                   "ip6 hoplimit 255 accept",
-                  f'\t\tiifname "{iface}" meta pkttype {{ broadcast, multicast }} drop',
                   f'\t\tiifname "{iface}" jump from_client',
                   "\t}")
         self.emit("\tchain forward {",

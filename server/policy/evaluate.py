@@ -3,6 +3,7 @@
 Rules kept here:
 - `decide` takes the same steps in the same order as the compiled kernel
   chains (compile.py), so `explain` says what the packets will meet:
+    0. multicast and broadcast destinations: dropped (not counted);
     1. a local service on a gateway address: accepted;
     2. a source that is no client's, or a client not logged in: only the
        gateway's DNS; otherwise denied (unknown / login);
@@ -39,6 +40,8 @@ from .settings import dns_for
 from .targets import IPAddress
 
 DNS_PORT = 53
+# Multicast, and for IPv4 the reserved block with the limited broadcast: never a client's destination.
+MULTICAST = {4: ipaddress.ip_network("224.0.0.0/3"), 6: ipaddress.ip_network("ff00::/8")}
 _NO_GATEWAY = GatewayContext()
 
 
@@ -80,6 +83,8 @@ def decide(policy: Policy, clients: Iterable[ClientRef] | Resolver, src_client: 
         raise ValueError(f"{proto} needs a port from 0 to {targets.PORT_MAX}")
     dns = proto in ("tcp", "udp") and port == DNS_PORT
 
+    if addr in MULTICAST[addr.version]:
+        return Decision(Reason.MULTICAST)
     if gw.is_local_service(addr, proto, port):
         return Decision(Reason.LOCAL_SERVICE)
     client = src_client if isinstance(src_client, ClientRef) else (

@@ -22,6 +22,7 @@ class Reason(str, Enum):
     INBOUND = "inbound"              # a new connection toward a client from outside the tunnel
     UNKNOWN = "unknown"              # a source address that is no client's
     LOGIN = "login"                  # a client that is not logged in
+    MULTICAST = "multicast"          # multicast or broadcast from a client: dropped, not counted or logged
 
     @property
     def accepts(self) -> bool:
@@ -36,7 +37,8 @@ class Reason(str, Enum):
 
 
 _ACCEPTING = frozenset({Reason.RULE, Reason.LOCAL_SERVICE, Reason.GATEWAY_DNS, Reason.GROUP_DNS})
-DENY_REASONS = tuple(r for r in Reason if not r.accepts)
+# The reasons the kernel counts and logs (each has a counter deny_<reason> and a deny_<reason> chain).
+DENY_REASONS = tuple(r for r in Reason if not r.accepts and r is not Reason.MULTICAST)
 
 _TEXT = {
     Reason.RULE: "accepted by a rule",
@@ -48,4 +50,5 @@ _TEXT = {
     Reason.INBOUND: "new connections toward clients from outside the tunnel are denied",
     Reason.UNKNOWN: "the source address is no client's",
     Reason.LOGIN: "the client is not logged in",
+    Reason.MULTICAST: "multicast and broadcast from clients are dropped",
 }

@@ -92,7 +92,8 @@ def random_packet(rng: random.Random, sc: Scenario) -> tuple[str | None, str, in
     names = [c.name for c in sc.clients]
     src = rng.choice(names + [None]) if rng.random() < 0.1 else rng.choice(names)
     if sc.pool is None:
-        sc.pool = ["10.8.0.1", "fd08::1", "10.1.0.53", "fd01::53", "8.8.8.8"]
+        sc.pool = ["10.8.0.1", "fd08::1", "10.1.0.53", "fd01::53", "8.8.8.8", "224.0.0.5", "255.255.255.255",
+                   "ff02::1"]
         for h in sc.data["hosts"].values():
             net = ipaddress.ip_network(h)
             sc.pool += [str(net.network_address), str(net.broadcast_address),
@@ -114,6 +115,8 @@ def reference(sc: Scenario, src: str | None, dst: str, port: int | None, proto: 
     """(accepted, index of the deciding rule or None), straight from the data."""
     addr = ipaddress.ip_address(dst)
     dns53 = proto in ("tcp", "udp") and port == 53
+    if addr.is_multicast or addr in ipaddress.ip_network("240.0.0.0/4"):
+        return False, None
     if addr in gw.addresses and any(s.proto == proto and s.port == port for s in gw.local_services):
         return True, None
     clients = {c.name: c for c in sc.clients}

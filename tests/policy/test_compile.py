@@ -46,6 +46,8 @@ def kernel_accepts(compiled: Compiled, clients: dict[str, ClientRef], src: str |
     gw = GATEWAY
     addr = ipaddress.ip_address(dst)
     dns53 = proto in ("tcp", "udp") and port == 53
+    if addr in ipaddress.ip_network("224.0.0.0/3") or addr in ipaddress.ip_network("ff00::/8"):
+        return False
     chain = "unknown"
     if src is not None:
         nets = [n for n in clients[src].networks if n.version == addr.version]
