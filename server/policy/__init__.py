@@ -16,10 +16,11 @@ package never reads the registry):
     GatewayContext.make(addresses, dns_servers, local_services)   the gateway's own addresses,
         pushed DNS servers and always-open services ("tcp/8443")
     compile_ruleset(policy, clients, *, ifname, table=None, gateway_addresses, dns_servers,
-                    local_services, log_group=None) -> str          the nft table, one transaction
-    compile_policy(...) -> Compiled    the same, with .ruleset, .classes, .class_of / .targets
+                    local_services, log_group=None) -> str   the whole nft table as text (review, nft -c)
+    compile_policy(...) -> Compiled    the same as data: .ruleset, .classes, .class_of / .targets
                                        (address -> chain), .names (address -> client), .warnings
-    apply(journal, ruleset) / remove(ifname)                      kernel.py; undo "nft_table"
+    apply(journal, compiled) / remove(ifname)     kernel.py: lookup sets loaded first, then one atomic
+                                                  switch; undo "nft_table" recorded before the first
     apply_policy(journal, policy, clients, *, ifname, gateway) -> Compiled   check + compile + apply
     set_client_target(ifname, address, target)    target: Compiled.class_of[address], LOGIN_ONLY,
                                                   or None (the address then meets `unknown`)

@@ -7,8 +7,8 @@
                                                 |   saddr vmap @clients4/@clients6 ---> class_N | login_only
                                                 |   (no element) --------------------------> unknown
       forward (hook, oif IFACE) -> to_client ------> replies / related: accept, else deny_inbound
-      class_N:  port 53 -> its dns servers (or the gateway's) | daddr . l4proto . dport @class_N_4 accept
-                | ICMP daddr @class_N_icmp4 accept | goto deny_default
+      class_N:  port 53 -> its dns servers (or the gateway's) | daddr . l4proto . dport @p4_<hash> accept
+                | ICMP daddr @i4_<hash> accept | goto deny_default
       deny_R:   counter deny_R, per-source counter (@deny4/@deny6), rate-limited NFLOG "R", drop
 
 Rules kept here:
@@ -24,12 +24,16 @@ Rules kept here:
   chains exist for every client, logged in or not;
 - the chain order here is the order of evaluate.decide (that module's
   docstring); `explain` must say what the kernel does;
+- a class's lookup sets are named after their content (p4_<hash>,
+  i6_<hash>): kernel.apply loads new ones before the transaction that
+  switches to them, and a set whose content did not change is not touched;
 - the text is deterministic for the same input (sorted), so two compiles
   of one policy can be compared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import zlib
 from dataclasses import dataclass, field
@@ -81,6 +85,8 @@ class PolicyClass:
     dns: tuple[IPAddress, ...] | None
     ports: dict[int, list[tuple[str, Box]]]  # family -> (proto, disjoint box)
     icmp: dict[int, list[Interval]]  # family -> disjoint address intervals
+    port_set: dict[int, str | None] = field(default_factory=dict)  # family -> nft set name (None: empty)
+    icmp_set: dict[int, str | None] = field(default_factory=dict)
 
     def accepts(self, addr: IPAddress, proto: str, port: int | None) -> bool:
         """What the kernel's set lookups answer for a packet of this class (for tests)."""
@@ -93,9 +99,11 @@ class PolicyClass:
 
 @dataclass
 class Compiled:
+    """A compiled policy. `ruleset` is the whole table as one nft script; kernel.apply loads `sets`
+    (the classes' lookup sets, named after their content) before it switches to `body` (the rest)."""
+
     table: str
     ifname: str
-    ruleset: str
     classes: list[PolicyClass]
     class_of: dict[str, str]  # client address ("10.8.0.2", "fd08::2", "10.9.0.0/24") -> its class chain
     targets: dict[str, str]  # the same addresses -> what the map holds now (class chain or LOGIN_ONLY)
@@ -103,6 +111,13 @@ class Compiled:
     log_group: int
     warnings: list[str] = field(default_factory=list)
     elements: dict[str, int] = field(default_factory=dict)  # element counts, for the benchmark
+    sets: dict[str, str] = field(default_factory=dict)  # set name -> its declaration
+    body: str = ""
+
+    @property
+    def ruleset(self) -> str:
+        parts = [f"table {FAMILY} {self.table} {{", *self.sets.values(), self.body, "}"]
+        return "\n".join(p for p in parts if p) + "\n"
 
 
 def compile_ruleset(policy: Policy, clients: Iterable[ClientRef], *, ifname: str, table: str | None = None,
@@ -136,8 +151,8 @@ def compile_policy(policy: Policy, clients: Iterable[ClientRef], *, ifname: str,
         raise PolicyError(str(exc)) from None
     classes, class_of, names = _classes(policy, resolver)
     targets = {a: (chain if resolver.client(names[a]).admitted else LOGIN_ONLY) for a, chain in class_of.items()}
-    compiled = Compiled(table, ifname, "", classes, class_of, targets, names, log_group)
-    compiled.ruleset = _Writer(compiled, gateway).text()
+    compiled = Compiled(table, ifname, classes, class_of, targets, names, log_group)
+    _Writer(compiled, gateway).text()
     compiled.warnings = list(resolver.problems)
     return compiled
 
@@ -234,6 +249,8 @@ def _elements(items: list[str]) -> str:
 
 
 class _Writer:
+    """Builds Compiled.sets (the content-named rule sets) and Compiled.body (everything else)."""
+
     def __init__(self, compiled: Compiled, gateway: GatewayContext) -> None:
         self.c = compiled
         self.gw = gateway
@@ -243,41 +260,48 @@ class _Writer:
     def emit(self, *lines: str) -> None:
         self.lines.extend(lines)
 
-    def set_decl(self, kind: str, name: str, type_: str, flags: str, items: list[str], count_as: str) -> None:
+    def set_decl(self, kind: str, name: str, type_: str, flags: str, items: list[str], count_as: str) -> list[str]:
         body = [f"type {type_}"]
         if flags:
             body.append(f"flags {flags}")
         if items:
             body.append(_elements(items))
-        self.emit(f"\t{kind} {name} {{", *(f"\t\t{b}" for b in body), "\t}")
         self.counts[count_as] = self.counts.get(count_as, 0) + len(items)
+        return [f"\t{kind} {name} {{", *(f"\t\t{b}" for b in body), "\t}"]
 
-    def text(self) -> str:
+    def rule_set(self, prefix: str, fam: int, type_: str, items: list[str], count_as: str) -> str | None:
+        """A class's lookup set, named after its content: the same elements, the same name."""
+        if not items:
+            return None
+        digest = hashlib.sha256("\n".join([type_, *items]).encode()).hexdigest()[:16]
+        name = f"{prefix}{fam}_{digest}"
+        if name not in self.c.sets:
+            self.c.sets[name] = "\n".join(self.set_decl("set", name, type_, "interval", items, count_as))
+        return name
+
+    def text(self) -> None:
         c, gw = self.c, self.gw
         iface = c.ifname
-        self.emit(f"table {FAMILY} {c.table} {{")
+        for cls in c.classes:
+            self.class_sets(cls)
         for reason in DENY_REASONS:
-            # kernel.apply carries counts over from the table it replaces by
-            # rewriting exactly these lines: keep them one line each.
             self.emit(f"\tcounter {reason.counter} {{ packets 0 bytes 0 }}")
         for fam in (4, 6):
             self.emit(f"\tset deny{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; flags dynamic; counter; }}",
                       f"\tset logrl{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; flags dynamic,timeout; timeout 1m; }}")
             dns = [str(a) for a in gw.dns_servers if a.version == fam]
-            self.set_decl("set", f"gwdns{fam}", _TYPE[fam], "", dns, "gateway dns")
+            self.emit(*self.set_decl("set", f"gwdns{fam}", _TYPE[fam], "", dns, "gateway dns"))
             local = [f"{a} . {s.proto} . {s.port}" for a in gw.addresses if a.version == fam
                      for s in gw.local_services]
-            self.set_decl("set", f"local{fam}", f"{_TYPE[fam]} . inet_proto . inet_service", "", local,
-                          "local services")
+            self.emit(*self.set_decl("set", f"local{fam}", f"{_TYPE[fam]} . inet_proto . inet_service", "", local,
+                                     "local services"))
             nets = sorted((ipaddress.ip_network(a), t) for a, t in c.targets.items()
                           if ipaddress.ip_network(a).version == fam)
-            self.set_decl("map", f"clients{fam}", f"{_TYPE[fam]} : verdict", "",
-                          [f"{n.network_address} : jump {t}" for n, t in nets if n.num_addresses == 1],
-                          "client map")
-            self.set_decl("map", f"clientnets{fam}", f"{_TYPE[fam]} : verdict", "interval",
-                          [f"{n} : jump {t}" for n, t in nets if n.num_addresses > 1], "client map")
-        for cls in c.classes:
-            self.class_sets(cls)
+            self.emit(*self.set_decl("map", f"clients{fam}", f"{_TYPE[fam]} : verdict", "",
+                                     [f"{n.network_address} : jump {t}" for n, t in nets if n.num_addresses == 1],
+                                     "client map"))
+            self.emit(*self.set_decl("map", f"clientnets{fam}", f"{_TYPE[fam]} : verdict", "interval",
+                                     [f"{n} : jump {t}" for n, t in nets if n.num_addresses > 1], "client map"))
         for cls in c.classes:
             self.class_chain(cls)
         self.gate_chain(LOGIN_ONLY, Reason.LOGIN)
@@ -318,20 +342,17 @@ class _Writer:
                   f'\t\tiifname "{iface}" jump from_client',
                   f'\t\toifname "{iface}" jump to_client',
                   "\t}")
-        self.emit("}")
-        self.c.elements = dict(self.counts)
-        return "\n".join(self.lines) + "\n"
+        c.body = "\n".join(self.lines)
+        c.elements = dict(self.counts)
 
     def class_sets(self, cls: PolicyClass) -> None:
         for fam in (4, 6):
             items = [f"{_addr_range(fam, alo, ahi)} . {proto} . {_port_range(plo, phi)}"
                      for proto, (alo, ahi, plo, phi) in cls.ports[fam]]
-            if items:
-                self.set_decl("set", f"{cls.chain}_{fam}", f"{_TYPE[fam]} . inet_proto . inet_service",
-                              "interval", items, "rule elements")
+            cls.port_set[fam] = self.rule_set("p", fam, f"{_TYPE[fam]} . inet_proto . inet_service", items,
+                                              "rule elements")
             icmp = [_addr_range(fam, lo, hi) for lo, hi in cls.icmp[fam]]
-            if icmp:
-                self.set_decl("set", f"{cls.chain}_icmp{fam}", _TYPE[fam], "interval", icmp, "icmp elements")
+            cls.icmp_set[fam] = self.rule_set("i", fam, _TYPE[fam], icmp, "icmp elements")
 
     def dns_rules(self, servers: tuple[IPAddress, ...] | None) -> None:
         port53 = f"meta l4proto {{ tcp, udp }} th dport {DNS_PORT}"
@@ -351,10 +372,10 @@ class _Writer:
         self.emit(f"\tchain {cls.chain} {{")
         self.dns_rules(cls.dns)
         for fam in (4, 6):
-            if cls.ports[fam]:
-                self.emit(f"\t\t{_IP[fam]} daddr . meta l4proto . th dport @{cls.chain}_{fam} accept")
-            if cls.icmp[fam]:
-                self.emit(f"\t\tmeta l4proto {_ICMP[fam]} {_IP[fam]} daddr @{cls.chain}_icmp{fam} accept")
+            if cls.port_set[fam]:
+                self.emit(f"\t\t{_IP[fam]} daddr . meta l4proto . th dport @{cls.port_set[fam]} accept")
+            if cls.icmp_set[fam]:
+                self.emit(f"\t\tmeta l4proto {_ICMP[fam]} {_IP[fam]} daddr @{cls.icmp_set[fam]} accept")
         self.emit(f'\t\tgoto deny_{Reason.DEFAULT.value} comment "acls {rules}; {len(cls.clients)} clients"', "\t}")
 
     def gate_chain(self, name: str, reason: Reason) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 
 class PolicyError(ValueError):
-    """A policy file we refuse: `str()` is "FILE:LINE: what is wrong"."""
+    """A policy file we refuse: `str()` is "FILE:LINE: what is wrong" (just the message when no file is involved)."""
 
     def __init__(self, message: str, filename: str | None = None, line: int | None = None) -> None:
         self.message = message
         self.filename = filename
         self.line = line
+        if filename is None and line is None:  # not about a place in a file (e.g. explain's arguments)
+            super().__init__(message)
+            return
         where = filename or "<policy>"
         if line is not None:
             where = f"{where}:{line}"

@@ -2,15 +2,22 @@
 
 Rules kept here:
 - every nft command goes through tunnel/nft.py (the one place that runs nft);
-- applying is ONE `nft -f` transaction: declare the table, delete it and
-  define it again in full. The kernel switches to the new generation at
-  commit: packets meet the old policy or the new one, never none or half;
-  if nft refuses anything, nothing changes and the old policy stays;
+- the switch from one policy to the next is ONE `nft -f` transaction
+  (flush the rules, re-point the maps, define every chain again, delete
+  what the new policy no longer uses): packets meet the old policy or the
+  new one, never none or half. If nft refuses anything, nothing changes;
+- the classes' lookup sets are loaded by an earlier transaction, before
+  anything refers to them. The kernel fills a new concatenated interval set
+  (nft_set_pipapo) only after it has published the generation whose rules
+  use it, so a set created in the switching transaction looks empty to
+  packets for an instant: we measured accepted packets dropped during
+  re-applies that way. Sets are named after their content, so a set that
+  did not change is neither reloaded nor touched;
+- chains, counters and the per-source deny sets are never deleted by a
+  re-apply: the counts go on (they start again only after `remove`);
 - the undo ("nft_table", the kind tunnel/nft.py registers, so a fresh
   `tunnel down` process knows it without importing this package) is
-  recorded in the journal before the first apply, once per table;
-- the deny counters survive a re-apply: apply reads them and writes them
-  into the new table's definition, in the same transaction;
+  recorded in the journal before the first change, once per table;
 - `set_client_target` changes one element of @clients4/@clients6 in one
   transaction (nft 1.0.6 cannot replace an element's verdict in place, so
   it is deleted and added again atomically).
@@ -19,6 +26,7 @@ Rules kept here:
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -27,18 +35,14 @@ from tunnel import nft
 from tunnel.undo import Journal
 
 from .clients import ClientRef
-from .compile import FAMILY, LOGIN_ONLY, table_name
+from .compile import FAMILY, LOGIN_ONLY, Compiled, table_name
 from .reasons import DENY_REASONS
 
 _TARGET = re.compile(rf"^(class_\d+|{LOGIN_ONLY})$")
-_COUNTER_LINE = re.compile(r"^\tcounter (deny_[a-z]+) \{ packets 0 bytes 0 \}$", re.M)
-
-
-def _header(ruleset: str) -> str:
-    m = re.match(rf"table {FAMILY} (tunnel_[A-Za-z0-9_]+) \{{\n", ruleset)
-    if not m:
-        raise ValueError("not a compiled policy ruleset (expected 'table inet tunnel_... {' first)")
-    return m.group(1)
+_RULE_SET = re.compile(r"^[pi][46]_[0-9a-f]{16}$")
+# Sets and maps whose elements the switch replaces (hash and single-field interval sets: their
+# elements change with the generation, atomically). Never the deny/logrl sets: they keep counting.
+_REFILLED = ("gwdns4", "gwdns6", "local4", "local6", "clients4", "clients6", "clientnets4", "clientnets6")
 
 
 def record_undo(journal: Journal, table: str) -> None:
@@ -48,29 +52,71 @@ def record_undo(journal: Journal, table: str) -> None:
         journal.record("nft_table", family=FAMILY, name=table)
 
 
-def apply(journal: Journal, ruleset: str, *, carry_counters: bool = True) -> None:
-    """Install RULESET (from compile_ruleset) in place of the table it names, atomically.
+def _objects(table: str) -> dict[str, set[str]] | None:
+    """Names of the table's sets, maps and chains (None: no such table)."""
+    if not nft.table_exists(FAMILY, table):
+        return None
+    out: dict[str, set[str]] = {"set": set(), "map": set(), "chain": set()}
+    for obj in _terse(table):
+        for kind in out:
+            if kind in obj:
+                out[kind].add(obj[kind]["name"])
+    return out
 
-    Raises tunnel.nft.NftError if the kernel refuses it; the old table is then untouched.
+
+def _terse(table: str) -> list[dict]:
+    """`nft -t -j list table`: the objects without set elements (a big policy lists fast)."""
+    text = nft.run(["-t", "-j", "list", "table", FAMILY, table])
+    return json.loads(text).get("nftables", []) if text.strip() else []
+
+
+def apply(journal: Journal, compiled: Compiled) -> None:
+    """Install COMPILED (from compile_policy) on its table: new lookup sets first, then one switch.
+
+    Raises tunnel.nft.NftError if the kernel refuses it; the policy in force is then unchanged.
     """
-    table = _header(ruleset)
+    table = compiled.table
     record_undo(journal, table)
-    old = read_counters(table) if carry_counters else None
-    script = f"table {FAMILY} {table} {{}}\ndelete table {FAMILY} {table}\n"
-    if old is not None:
-        ruleset = _COUNTER_LINE.sub(lambda m: _counter_line(m.group(1), old), ruleset)
-    script += ruleset
-    if old is not None:
-        for fam, elems in ((4, old.elements4), (6, old.elements6)):
-            if elems:
-                items = ", ".join(f"{a} counter packets {p} bytes {b}" for a, (p, b) in sorted(elems.items()))
-                script += f"add element {FAMILY} {table} deny{fam} {{ {items} }}\n"
-    nft.apply(script)
+    existing = _objects(table)
+    have = (existing or {}).get("set", set())
+    staged = [decl for name, decl in compiled.sets.items() if name not in have]
+    if existing is None or staged:
+        nft.apply(f"table {FAMILY} {table} {{\n" + "\n".join(staged) + "\n}\n")
+    try:
+        nft.apply(_switch(compiled, existing))
+    except nft.NftError:
+        _drop_unused(table, compiled, staged)
+        raise
 
 
-def _counter_line(name: str, old: "DenyCounters") -> str:
-    packets, nbytes = old.by_reason_raw.get(name, (0, 0))
-    return f"\tcounter {name} {{ packets {packets} bytes {nbytes} }}"
+def _switch(compiled: Compiled, existing: dict[str, set[str]] | None) -> str:
+    table = compiled.table
+    where = f"{FAMILY} {table}"
+    lines = [f"flush table {where}"]
+    if existing is not None:
+        for kind in ("set", "map"):
+            lines += [f"flush {kind} {where} {name}" for name in sorted(existing[kind]) if name in _REFILLED]
+        chains = set(re.findall(r"^\tchain (\w+) \{", compiled.body, re.M))
+        lines += [f"delete chain {where} {name}" for name in sorted(existing["chain"] - chains)]
+        lines += [f"delete set {where} {name}" for name in sorted(existing["set"])
+                  if _RULE_SET.match(name) and name not in compiled.sets]
+    lines += [f"table {where} {{", compiled.body, "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _drop_unused(table: str, compiled: Compiled, staged: list[str]) -> None:
+    """After a refused switch: delete the sets we loaded for it that nothing uses (best effort)."""
+    names = [n for n, decl in compiled.sets.items() if decl in staged]
+    if names:
+        try:
+            nft.apply("".join(f"delete set {FAMILY} {table} {n}\n" for n in names))
+        except nft.NftError:
+            pass  # in use after all, or gone: the next apply deletes what is unused
+
+
+def listing(ifname: str | None = None, *, table: str | None = None) -> str:
+    """`nft list table` of our table (for tests and `tunnel show`): what the kernel holds."""
+    return nft.run(["list", "table", FAMILY, table or table_name(ifname)])
 
 
 def remove(ifname: str | None = None, *, table: str | None = None) -> None:
@@ -80,11 +126,6 @@ def remove(ifname: str | None = None, *, table: str | None = None) -> None:
 
 def installed(ifname: str | None = None, *, table: str | None = None) -> bool:
     return nft.table_exists(FAMILY, table or table_name(ifname))
-
-
-def listing(ifname: str | None = None, *, table: str | None = None) -> str:
-    """`nft list table` of our table (for tests and `tunnel show`): what the kernel holds."""
-    return nft.run(["list", "table", FAMILY, table or table_name(ifname)])
 
 
 def set_client_target(ifname: str | None, address: str, target: str | None, *, table: str | None = None) -> None:
@@ -137,36 +178,29 @@ def client_target(ifname: str | None, address: str, *, table: str | None = None)
 
 @dataclass
 class DenyCounters:
-    """Packets denied, by source address and by reason (deny reasons of reasons.py)."""
+    """Packets denied, by source address and by reason (the deny reasons of reasons.py)."""
 
     by_address: dict[str, int] = field(default_factory=dict)
     by_reason: dict[str, int] = field(default_factory=dict)
     by_client: dict[str, int] = field(default_factory=dict)  # filled when clients are given
-    by_reason_raw: dict[str, tuple[int, int]] = field(default_factory=dict)  # counter name -> (packets, bytes)
-    elements4: dict[str, tuple[int, int]] = field(default_factory=dict)
-    elements6: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def read_counters(table: str) -> DenyCounters | None:
     """The counters of TABLE, or None if there is no such table."""
     if not nft.table_exists(FAMILY, table):
         return None
-    out = DenyCounters()
+    out = DenyCounters(by_reason={r.value: 0 for r in DENY_REASONS})
+    names = {r.counter: r.value for r in DENY_REASONS}
     for obj in nft.list_json("counters", "table", FAMILY, table):
         c = obj.get("counter")
-        if c and c.get("name", "").startswith("deny_"):
-            out.by_reason_raw[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
-    for reason in DENY_REASONS:
-        out.by_reason[reason.value] = out.by_reason_raw.get(reason.counter, (0, 0))[0]
-    for fam, dest in ((4, out.elements4), (6, out.elements6)):
+        if c and c.get("name") in names:
+            out.by_reason[names[c["name"]]] = int(c.get("packets", 0))
+    for fam in (4, 6):
         for obj in nft.list_json("set", FAMILY, table, f"deny{fam}"):
             for e in (obj.get("set") or {}).get("elem", []):
                 elem = e.get("elem", {}) if isinstance(e, dict) else {}
-                counter = elem.get("counter") or {}
                 if "val" in elem:
-                    dest[str(elem["val"])] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
-    for addr, (packets, _) in list(out.elements4.items()) + list(out.elements6.items()):
-        out.by_address[addr] = packets
+                    out.by_address[str(elem["val"])] = int((elem.get("counter") or {}).get("packets", 0))
     return out
 
 
@@ -175,11 +209,7 @@ def deny_counters(ifname: str | None = None, clients: Iterable[ClientRef] = (), 
     """Denied packets by address, by reason and (given CLIENTS) by client name; zeros if no table."""
     counts = read_counters(table or table_name(ifname)) or DenyCounters(
         by_reason={r.value: 0 for r in DENY_REASONS})
+    addrs = [(ipaddress.ip_address(a), n) for a, n in counts.by_address.items()]
     for c in clients:
-        total = 0
-        for net in c.networks:
-            for addr, n in counts.by_address.items():
-                if ipaddress.ip_address(addr) in net:
-                    total += n
-        counts.by_client[c.name] = total
+        counts.by_client[c.name] = sum(n for a, n in addrs for net in c.networks if a in net)
     return counts

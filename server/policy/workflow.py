@@ -53,5 +53,5 @@ def apply_policy(journal: Journal, policy: Policy, clients: Iterable[ClientRef],
     if problems:
         raise PolicyCheckError(problems)
     compiled = compile_policy(policy, clients, ifname=ifname, gateway=gateway, log_group=log_group)
-    kernel.apply(journal, compiled.ruleset)
+    kernel.apply(journal, compiled)
     return compiled

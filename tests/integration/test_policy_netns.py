@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
+import time
+
+from click.testing import CliRunner
 
 import pytest
 
 from server.policy import (ClientRef, DenyLog, GatewayContext, PolicyCheckError, apply_policy, decide,
                            deny_counters, load_policy, remove, set_client_target, LOGIN_ONLY)
 from server.policy import kernel
+from server.policy.cli import ApplyTarget, PolicyEnv, policy_group
 from server.policy.reasons import Reason
 from tests.netns import Netns, topology
 from tests.policy.netprobe import EchoServers, echoes, pings, probe_all, tcp_connect, tcp_reaches, udp_reaches
@@ -217,6 +222,9 @@ def test_denied_attempts_are_counted_and_logged_with_the_client_name(lab):
     logger.addHandler(Capture())
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    # The per-source log limits outlive re-applies, and earlier tests spent c3's: start afresh.
+    for fam in (4, 6):
+        lab.r.run(["nft", "flush", "set", "inet", "tunnel_acl_tun0", f"logrl{fam}"])
     with lab.r.entered():
         before = deny_counters(IFNAME, CLIENTS)
         reader = DenyLog(IFNAME, kernel_log_group(), {"10.8.0.4": "c3", "10.8.0.2": "c1"}, logger=logger)
@@ -233,7 +241,7 @@ def test_denied_attempts_are_counted_and_logged_with_the_client_name(lab):
     assert after.by_reason["default"] > before.by_reason["default"]
     assert after.by_reason["dns"] > before.by_reason["dns"]
     assert "tun0: denied c3 (10.8.0.4) -> 10.1.0.11:80/tcp: default deny: no rule accepts it" in records
-    # Counts survive a re-apply (the table is replaced in one transaction).
+    # Counts survive a re-apply (only the rules and the maps are replaced).
     lab.apply(POLICY)
     with lab.r.entered():
         again = deny_counters(IFNAME, CLIENTS)
@@ -304,3 +312,59 @@ def test_ipv6_and_ping_from_the_gateway_side(lab):
     # The gateway's own traffic is not filtered (output), and replies from clients pass.
     assert pings(lab.r, "10.8.0.2") and pings(lab.r, "fd08::2")
     assert pings(lab.ns["c1"], ADDR["h1"]) and not pings(lab.ns["c1"], "fd01::11")
+
+
+def test_reapplying_never_leaves_a_moment_without_the_policy(lab):
+    """Re-apply, alternating two policies, while c3 floods a port it may never reach and c1 one it may."""
+    lab.apply(POLICY)
+    other = POLICY.replace('{"action": "accept", "src": ["group:ops"], "dst": ["lan:8000-8100", "group:eng:22"]},',
+                           '{"action": "accept", "src": ["group:ops"], "dst": ["lan:8000-8099"]},') \
+                  .replace('"accept": ["h1:8000", "c1:22"]', '"accept": ["h1:8000"]')
+    assert other != POLICY
+    h1 = lab.servers[0]
+    stop = threading.Event()
+    sent: dict[str, int] = {}
+
+    def flood(name: str) -> None:
+        with lab.ns[name].entered():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with s:
+            while not stop.is_set():
+                s.sendto(b"x", (ADDR["h1"], 5000))
+                sent[name] = sent.get(name, 0) + 1
+                time.sleep(0.001)
+
+    before = {n: h1.datagrams.get((ADDR[n], 5000), 0) for n in ("c1", "c3")}
+    threads = [threading.Thread(target=flood, args=(n,)) for n in ("c1", "c3")]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(16):
+            lab.apply(other if i % 2 == 0 else POLICY)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    Netns.wait_for(lambda: h1.datagrams.get((ADDR["c1"], 5000), 0) - before["c1"] >= sent["c1"], timeout=5,
+                   what="c1's datagrams")
+    assert h1.datagrams.get((ADDR["c3"], 5000), 0) == before["c3"]
+    assert sent["c3"] > 100
+    assert h1.datagrams[(ADDR["c1"], 5000)] - before["c1"] == sent["c1"]
+
+
+def test_cli_apply_refuses_a_failing_policy_and_applies_a_good_one(lab, tmp_path):
+    good, bad = tmp_path / "good.hujson", tmp_path / "bad.hujson"
+    good.write_text(POLICY)
+    bad.write_text(POLICY.replace('"deny": ["h2:80", "h1:8000"]', '"deny": ["h2:80", "h1:80"]'))
+    env = PolicyEnv(clients=lambda: CLIENTS, target=lambda: ApplyTarget(IFNAME, lab.journal, GATEWAY))
+    with lab.r.entered():
+        res = CliRunner().invoke(policy_group(env), ["apply", str(good)])
+        assert res.exit_code == 0, res.output
+        assert res.output.startswith(f"applied {good} to tun0: 3 class(es), ")
+        before = lab.listing()
+        res = CliRunner().invoke(policy_group(env), ["apply", str(bad)])
+        assert res.exit_code == 1
+        assert "refused, the previous policy stays in force" in res.output and "tests[0]: c1 -> h1:80" in res.output
+        assert lab.listing() == before
+        res = CliRunner().invoke(policy_group(env), ["counters"])
+        assert res.exit_code == 0 and "client c1: " in res.output and "reason default: " in res.output

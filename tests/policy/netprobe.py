@@ -33,6 +33,7 @@ class EchoServers:
         self.listeners: list[socket.socket] = []
         self.conns: list[socket.socket] = []
         self.received: dict[tuple, int] = {}  # (peer address, local port) -> bytes received over TCP
+        self.datagrams: dict[tuple, int] = {}  # (peer address, local port) -> UDP datagrams received
         self._stop = threading.Event()
         with ns.entered():
             for kind, ports in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)):
@@ -61,6 +62,8 @@ class EchoServers:
                 else:
                     with contextlib.suppress(OSError):
                         data, peer = s.recvfrom(2048)
+                        key = (peer[0].removeprefix("::ffff:"), s.getsockname()[1])
+                        self.datagrams[key] = self.datagrams.get(key, 0) + 1
                         s.sendto(data, peer)
 
     def _echo(self, conn: socket.socket, peer: tuple, port: int) -> None:

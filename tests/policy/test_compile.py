@@ -113,9 +113,12 @@ def test_classes_are_shared_and_login_is_one_map_element():
     text = c.ruleset
     assert "10.8.0.6 : jump login_only" in text and "10.9.0.0/24 : jump class_" in text
     # Rules 0 and 1 overlap (lan:22): the set holds disjoint elements only.
-    eng = c.class_of["10.8.0.2"]
-    assert f"set {eng}_4 {{" in text
-    assert text.count("10.1.0.0/24 . tcp . 22") == 2  # once for eng, once for carol (tcp 22,80 + 443)
+    eng = next(k for k in c.classes if "alice" in k.clients)
+    assert f"ip daddr . meta l4proto . th dport @{eng.port_set[4]} accept" in text
+    assert c.sets[eng.port_set[4]].count("10.1.0.0/24 . tcp . 22") == 1
+    assert eng.port_set[6] is None and f"set {eng.port_set[4]} {{" in text
+    # Lookup sets are named after their content: one class's set is not another's.
+    assert len({k.port_set[4] for k in c.classes if k.port_set[4]}) == 2
     assert compile_ruleset(load_policy(POLICY), list(reversed(clients)), ifname="wg0",
                            gateway_addresses=["10.8.0.1/24", "fd08::1/64"], dns_servers=["10.8.0.1"],
                            local_services=["tcp/8443"]) == text  # deterministic
