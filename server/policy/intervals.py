@@ -8,7 +8,8 @@ Rules kept here:
   `disjoint_boxes` covers exactly the union of its input (the reference
   test checks it point by point) with few boxes: it sweeps one axis,
   merging neighbouring segments that cover the same intervals of the
-  other, along each axis, and keeps the shorter answer.
+  other; small inputs try both axes and keep the shorter answer, big ones
+  sweep along the axis with more distinct intervals.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
+SMALL = 64  # up to this many boxes, both sweeps are tried and the shorter answer kept
 Interval = tuple[int, int]
 Box = tuple[int, int, int, int]
 
@@ -42,11 +44,17 @@ def disjoint_boxes(boxes: Iterable[Box]) -> list[Box]:
     boxes = list(boxes)
     if not boxes:
         return []
-    by_port = _sweep(boxes)
-    if len(by_port) == 1:
-        return by_port
-    by_addr = [(alo, ahi, plo, phi) for plo, phi, alo, ahi in _sweep([(p, q, a, b) for a, b, p, q in boxes])]
-    return by_addr if len(by_addr) < len(by_port) else by_port
+    along_ports = lambda: _sweep(boxes)  # noqa: E731
+    along_addrs = lambda: [(a, b, p, q) for p, q, a, b in _sweep([(p, q, a, b) for a, b, p, q in boxes])]  # noqa: E731
+    if len(boxes) <= SMALL:
+        by_port = along_ports()
+        by_addr = along_addrs() if len(by_port) > 1 else by_port
+        return by_addr if len(by_addr) < len(by_port) else by_port
+    # Big inputs: sweep along the axis with more distinct intervals, so that the intervals active
+    # at each step come from the other, smaller one (typically: many hosts, a few port ranges).
+    addrs = len({(b[0], b[1]) for b in boxes})
+    ports = len({(b[2], b[3]) for b in boxes})
+    return along_addrs() if addrs >= ports else along_ports()
 
 
 def _sweep(boxes: list[Box]) -> list[Box]:

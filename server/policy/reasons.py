@@ -1,8 +1,9 @@
 """Why a packet was accepted or denied: one spelling, used by decide(), the nft compiler, counters and logs.
 
-The deny reasons double as the names of the kernel counters
-(`deny_<reason>`) and as the NFLOG prefixes, so a logged or counted drop
-and an `explain` answer say the same word.
+The deny reasons double as the names of the kernel's counting sets
+(`deny_<reason>4`, `deny_<reason>6`), of the chains that drop, and as the
+NFLOG prefixes, so a logged or counted drop and an `explain` answer say
+the same word.
 """
 
 from __future__ import annotations

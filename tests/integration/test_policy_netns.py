@@ -231,13 +231,17 @@ def test_denied_attempts_are_counted_and_logged_with_the_client_name(lab):
     try:
         assert not tcp_reaches(lab.ns["c3"], ADDR["h1"], 80)
         assert not udp_reaches(lab.ns["c3"], ADDR["r"], 53)  # DNS elsewhere than temp's server
+        assert not tcp_reaches(lab.ns["h1"], ADDR["c1"], 22)  # toward a client: counted for that client
         assert got_it.wait(10), records
     finally:
         reader.close()
     with lab.r.entered():
         after = deny_counters(IFNAME, CLIENTS)
     assert after.by_client["c3"] >= before.by_client["c3"] + 2
-    assert after.by_client["c1"] == before.by_client["c1"]
+    grew = lambda c, r: after.by_client_reason[c].get(r, 0) - before.by_client_reason[c].get(r, 0)  # noqa: E731
+    assert grew("c3", "default") >= 1 and grew("c3", "dns") >= 1
+    assert grew("c1", "inbound") >= 1 and grew("c1", "default") == 0
+    assert after.by_client["c2"] == before.by_client["c2"]
     assert after.by_reason["default"] > before.by_reason["default"]
     assert after.by_reason["dns"] > before.by_reason["dns"]
     assert "tun0: denied c3 (10.8.0.4) -> 10.1.0.11:80/tcp: default deny: no rule accepts it" in records
@@ -258,10 +262,15 @@ def kernel_log_group() -> int:
 def test_one_map_element_moves_a_client_to_login_only_and_back(lab):
     compiled = lab.apply(POLICY)
     home = compiled.class_of["10.8.0.2"]
+    established = tcp_connect(lab.ns["c1"], ADDR["h1"], 80)
+    assert established and echoes(established)  # judged once, then on the fast path
     with lab.r.entered():
         set_client_target(IFNAME, "10.8.0.2", LOGIN_ONLY)
         assert kernel.client_target(IFNAME, "10.8.0.2") == LOGIN_ONLY
     try:
+        # Logging out takes the client's flows off the fast path: the open connection stops.
+        assert not echoes(established, timeout=1.0)
+        established.close()
         assert probe_all([(lab.ns["c1"], ADDR["h1"], 80, "tcp"), (lab.ns["c1"], ADDR["r"], 53, "udp"),
                           (lab.ns["c1"], ADDR["r"], 8443, "tcp"), (lab.ns["c1"], "fd01::11", 22, "tcp")]) \
             == [False, True, True, True]  # only IPv4 was moved

@@ -168,3 +168,47 @@ def reference(sc: Scenario, src: str | None, dst: str, port: int | None, proto: 
                 if int(lo) <= port <= int(hi or lo):
                     return True, index
     return False, None
+
+
+# -- a policy at scale (bench/policy_scale.py, and nft -c of a big ruleset) -------------
+
+SCALE_CLIENT = "10.8.0.10"
+SCALE_SERVER = "10.1.0.2"
+
+
+def scale_scenario(n_clients: int, n_rules: int, seed: int = 1) -> tuple[str, list[ClientRef]]:
+    """N clients in 10 groups (some in two), M rules mostly by group over 300 hosts and subnets.
+
+    clients[8] (SCALE_CLIENT, group g8) may reach SCALE_SERVER:5201 by the last rule.
+    """
+    rng = random.Random(seed)
+    groups = [f"g{i}" for i in range(10)]
+    clients = []
+    for i in range(n_clients):
+        a = 2 + i
+        mine = {groups[i % 10]} | ({rng.choice(groups)} if rng.random() < 0.3 else set())
+        clients.append(ClientRef(f"user{i:04d}", [f"10.8.{a >> 8}.{a & 255}", f"fd08::{a:x}"], frozenset(mine)))
+    hosts = {f"h{i}": f"10.1.{i // 200}.{10 + i % 200}" for i in range(200)}
+    hosts |= {f"net{i}": f"10.{2 + i // 64}.{(i % 64) * 4}.0/22" for i in range(60)}
+    hosts |= {f"v6h{i}": f"fd01::{i:x}" for i in range(40)}
+    names = list(hosts)
+    acls = []
+    for _ in range(n_rules - 1):
+        src = [f"group:{rng.choice(groups)}"] if rng.random() < 0.9 else [rng.choice(clients).name]
+        dst = []
+        for _ in range(rng.randint(1, 3)):
+            host = rng.choice(names) if rng.random() < 0.85 else f"group:{rng.choice(groups)}"
+            ports = rng.choice(["22", "80,443", "8000-8999", "*", "5432", "3306,5432", "53",
+                                f"{rng.randint(1024, 30000)}-{rng.randint(30000, 60000)}",
+                                str(rng.randint(1, 65535))])
+            dst.append(f"{host}:{ports}")
+        rule = {"action": "accept", "src": src, "dst": dst}
+        proto = rng.choice([None, None, "tcp", "udp"])
+        if proto:
+            rule["proto"] = proto
+        acls.append(rule)
+    acls.append({"action": "accept", "src": ["group:g8"], "dst": [f"{SCALE_SERVER}:5201"]})
+    policy = {"hosts": hosts, "acls": acls,
+              "tests": [{"src": clients[8].name, "accept": [f"{SCALE_SERVER}:5201"], "deny": [f"{SCALE_SERVER}:9999"]}],
+              "dns": {"group:g9": ["10.1.0.53"]}}
+    return json.dumps(policy, indent=1), clients

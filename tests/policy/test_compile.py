@@ -12,7 +12,7 @@ from server.policy import (LOGIN_ONLY, ClientRef, PolicyError, Resolver, compile
                            load_policy)
 from server.policy.compile import Compiled
 from server.policy.intervals import disjoint_boxes, merge_intervals
-from tests.policy.randompolicy import GATEWAY, random_packet, random_scenario
+from tests.policy.randompolicy import GATEWAY, random_packet, random_scenario, scale_scenario
 
 
 def test_merge_intervals():
@@ -114,11 +114,17 @@ def test_classes_are_shared_and_login_is_one_map_element():
     assert "10.8.0.6 : jump login_only" in text and "10.9.0.0/24 : jump class_" in text
     # Rules 0 and 1 overlap (lan:22): the set holds disjoint elements only.
     eng = next(k for k in c.classes if "alice" in k.clients)
-    assert f"ip daddr . meta l4proto . th dport @{eng.port_set[4]} accept" in text
-    assert c.sets[eng.port_set[4]].count("10.1.0.0/24 . tcp . 22") == 1
-    assert eng.port_set[6] is None and f"set {eng.port_set[4]} {{" in text
-    # Lookup sets are named after their content: one class's set is not another's.
-    assert len({k.port_set[4] for k in c.classes if k.port_set[4]}) == 2
+    carol = next(k for k in c.classes if "carol" in k.clients)
+    [group_set] = [lk.port_set[4] for lk in eng.lookups]
+    assert f"ip daddr . meta l4proto . th dport @{group_set} goto accepted" in text
+    # Admitted host addresses (not erin, not the subnet) have the fast path of judged flows.
+    valid4 = text.split("set valid4 {")[1].split("}")[0]
+    assert "10.8.0.2 . $GEN" in valid4 and "10.8.0.6" not in valid4 and "10.9.0.0" not in valid4
+    assert c.sets[group_set].count("10.1.0.0/24 . tcp . 22") == 1
+    assert eng.lookups[0].port_set[6] is None and f"set {group_set} {{" in text
+    # carol is in eng and named by a rule of her own: her class looks up eng's set, then hers.
+    assert [lk.port_set[4] for lk in carol.lookups][0] == group_set and len(carol.lookups) == 2
+    assert len(c.sets) == 3  # eng's and carol's port sets, carol's ICMP set (her rule has no proto)
     assert compile_ruleset(load_policy(POLICY), list(reversed(clients)), ifname="wg0",
                            gateway_addresses=["10.8.0.1/24", "fd08::1/64"], dns_servers=["10.8.0.1"],
                            local_services=["tcp/8443"]) == text  # deterministic
@@ -148,6 +154,11 @@ def test_compiled_ruleset_is_accepted_by_nft(netns_factory):
                                local_services=["tcp/8443", "udp/5353"])
         res = ns.run(["nft", "-c", "-f", "-"], input=text, check=False)
         assert res.returncode == 0, (sc.text, res.stderr)
+    # A large one: long rule lists per class, hundreds of sets.
+    text, clients = scale_scenario(200, 150)
+    big = compile_policy(load_policy(text), clients, ifname="tun0", gateway=GATEWAY).ruleset
+    res = ns.run(["nft", "-c", "-f", "-"], input=big, check=False, timeout=120)
+    assert res.returncode == 0, res.stderr[:2000]
     res = ns.run(["nft", "list", "tables"])
     assert res.stdout == ""  # check mode changed nothing
 
