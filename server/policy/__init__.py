@@ -23,8 +23,10 @@ package never reads the registry):
                                                   switch; undo "nft_table" recorded before the first
     apply_policy(journal, policy, clients, *, ifname, gateway) -> Compiled   check + compile + apply
     set_client_target(ifname, address, target)    target: Compiled.class_of[address], LOGIN_ONLY,
-                                                  or None (the address then meets `unknown`)
-    deny_counters(ifname, clients=()) -> DenyCounters   .by_client, .by_address, .by_reason
+                                                  or None (the address then meets `unknown`); one
+                                                  transaction; its open connections are judged again
+    deny_counters(ifname, clients=()) -> DenyCounters   .by_client_reason {client: {reason: packets}},
+                                      .by_client, .by_reason, .by_address(_reason) (unknown sources too)
     client_settings(policy, clients) -> {name: ClientSettings(bandwidth, dns)}
         per-client bandwidth (bits/s down/up, None = unlimited) and DNS servers (None = pushed)
     DenyLog(ifname, log_group, names)   a thread logging the kernel's rate-limited deny messages

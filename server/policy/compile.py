@@ -1,29 +1,35 @@
 """The policy compiled to one nftables table: sets and verdict maps the kernel looks up.
 
     table inet tunnel_acl_IFACE
-      input   (hook, iif IFACE) ----------------+
-      forward (hook, iif IFACE) -> from_client -+-> ct direction reply / related: accept
-                                                |   local services on gateway addresses: accept
-                                                |   saddr vmap @clients4/@clients6 ---> class_N | login_only
-                                                |   (no element) --------------------------> unknown
-      forward (hook, oif IFACE) -> to_client ------> replies / related: accept, else deny_inbound
-      from_client first: saddr . ct mark @valid4 (judged under this generation, still admitted): accept
-      class_N:  port 53 -> its dns servers (or the gateway's)
-                | daddr . l4proto . dport @p4_<hash of group A's set> accept  (one per principal)
-                | daddr . l4proto . dport @p4_<hash of group B's set> accept
-                | ICMP daddr @i4_<hash> accept ... | goto deny_default
-                (accept = goto accepted: set the generation in the ct mark, accept)
-      deny_R:   counted per address in @deny_R4/@deny_R6, rate-limited NFLOG "R", drop
+      input (hook)    iif IFACE: neighbour discovery: accept; then -> from_client
+      forward (hook)  iif IFACE -> from_client;  oif IFACE -> to_client
+      from_client     ct direction reply, ct state related: accept
+                      saddr . ct mark @valid4/6 (judged under this generation, still admitted): accept
+                      multicast or broadcast destination: drop (not counted)
+                      daddr . l4proto . dport @local4/6 (the gateway's local services): accept
+                      saddr vmap @clients4/6 (@clientnets4/6: routed subnets) -> class_N | login_only
+                      no element -> unknown
+      class_N         port 53: its own dns servers, or the gateway's; else deny_dns
+                      daddr . l4proto . dport @p4_<hash>, one set per principal (`*`, a group, itself)
+                      ICMP: daddr @i4_<hash> ...                           (each -> accepted)
+                      -> deny_default
+      accepted        the policy's bits of the ct mark := this generation; accept
+      login_only      the gateway's DNS: accept; else -> deny_login   (unknown: the same, deny_unknown)
+      to_client       ct direction reply, ct state related: accept; else -> deny_inbound
+      deny_R          count per address in @deny_R4/6, NFLOG "R" (rate-limited), drop
 
 Rules kept here:
-- per-packet cost does not grow with rules or clients: one hash lookup of
-  the source address picks the client's class chain; the class looks up
-  one concatenated interval set (daddr . l4proto . dport) per principal
-  it belongs to (`*`, each of its groups, itself: what its rules name),
-  at most MAX_LOOKUPS, merged beyond. Sets belong to principals, not to
-  combinations of them, so 1,000 clients in 10 groups do not copy each
-  group's set into every combination; clients with the same principals
-  and DNS share a class;
+- the cost per packet does not grow with the number of rules or clients:
+  a packet of a judged flow costs one hash lookup (below); a flow's first
+  packet costs one hash lookup of its source address, which picks the
+  client's class chain, and one lookup in a concatenated interval set
+  (daddr . l4proto . dport) per principal the client belongs to (`*`,
+  each of its groups, itself: what rules name), at most MAX_LOOKUPS
+  (merged beyond). Those interval lookups (nft_set_pipapo) do scan
+  bitmaps as wide as the set, so they are kept to the first packet. Sets
+  belong to principals, not to combinations of them: 1,000 clients in 10
+  groups do not copy each group's set into every combination of groups;
+  clients with the same principals and DNS share a class;
 - the policy is judged on the packets of the conntrack ORIGINAL
   direction, not only on new connections: a judged flow carries the
   policy's generation in its conntrack mark (CT_MARK_MASK) and, while its
@@ -37,9 +43,9 @@ Rules kept here:
   chains exist for every client, logged in or not;
 - the chain order here is the order of evaluate.decide (that module's
   docstring); `explain` must say what the kernel does;
-- a class's lookup sets are named after their content (p4_<hash>,
-  i6_<hash>): kernel.apply loads new ones before the transaction that
-  switches to them, and a set whose content did not change is not touched;
+- lookup sets are named after their content (p4_<hash>, i6_<hash>):
+  kernel.apply loads new ones before the transaction that switches to
+  them, and a set whose content did not change is not touched;
 - the text is deterministic for the same input (sorted), so two compiles
   of one policy can be compared.
 """

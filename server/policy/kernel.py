@@ -185,6 +185,16 @@ def set_client_target(ifname: str | None, address: str, target: str | None, *, t
     net = ipaddress.ip_network(address, strict=True)
     if target is not None and not _TARGET.match(target):
         raise ValueError(f"bad target {target!r}: a class_N chain or {LOGIN_ONLY!r}")
+    try:
+        _set_client_target(table, net, target)
+    except nft.NftError as exc:
+        if "No such file or directory" not in str(exc):
+            raise
+        # An apply switched generations between our look and our change: look again, once.
+        _set_client_target(table, net, target)
+
+
+def _set_client_target(table: str, net, target: str | None) -> None:
     host = net.num_addresses == 1
     key = str(net.network_address) if host else str(net)
     name = f"clients{net.version}" if host else f"clientnets{net.version}"
@@ -192,8 +202,8 @@ def set_client_target(ifname: str | None, address: str, target: str | None, *, t
     generation = current_generation(table)
     if generation is None:
         raise nft.NftError(f"no policy table {table} (or not one of ours): apply a policy first")
-    pair = f"{key} . {(generation << GENERATION_SHIFT) & CT_MARK_MASK:#010x}"
     mark = (generation << GENERATION_SHIFT) & CT_MARK_MASK
+    pair = f"{key} . {mark:#010x}"
     mapped = _map_keys(table, name)
     script = ""
     if key in mapped:

@@ -169,3 +169,14 @@ def test_nothing_runs_nft_when_compiling(monkeypatch):
         raise AssertionError("compile ran a command")
     monkeypatch.setattr(subprocess, "run", refuse)
     compile_policy(load_policy(POLICY), [ClientRef("a", ["10.8.0.2"], {"eng"})], ifname="wg0")
+
+
+def test_a_client_in_many_groups_gets_one_merged_lookup():
+    rules = ",".join(f'{{"action": "accept", "src": ["group:g{i}"], "dst": ["10.1.0.{i}:{i + 1}"]}}' for i in range(6))
+    policy = load_policy(f'{{"acls": [{rules}]}}')
+    few, many = ClientRef("few", ["10.8.0.2"], {"g0", "g1"}), ClientRef("many", ["10.8.0.3"], {f"g{i}" for i in range(6)})
+    c = compile_policy(policy, [few, many], ifname="wg0")
+    by_client = {k.clients[0]: k for k in c.classes}
+    assert len(by_client["few"].lookups) == 2  # the sets of g0 and g1, shared with any other class
+    assert len(by_client["many"].lookups) == 1  # more than MAX_LOOKUPS principals: one merged set
+    assert all(by_client["many"].accepts(ipaddress.ip_address(f"10.1.0.{i}"), "tcp", i + 1) for i in range(6))
