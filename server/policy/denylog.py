@@ -1,5 +1,14 @@
 """One log line per denied attempt that the kernel chose to log, with the client's name.
 
+Why NFLOG (`log group N` in the deny chains, read here over netlink) rather than the
+kernel log (`log prefix`): the kernel log carries addresses only, not names, is off in
+network namespaces other than the first (net.netfilter.nf_log_all_netns), and would put
+every line through the kernel's printk; NFLOG messages cost nothing while nobody listens,
+and the reader turns an address into a client name. The limits are in the kernel rule
+itself, per source address and in total, so a flood never reaches Python: measured
+(bench/policy_scale.py), 375,000 denied datagrams in 3 s from one client gave 5
+messages, and the reader spent 2.5 ms of CPU.
+
 Rules kept here:
 - the kernel rate-limits (compile.py: per source address and in total),
   so a client hammering a denied port costs a few lines a minute and
