@@ -35,7 +35,10 @@ from server.policy import kernel
 from server.policy.cli import ApplyTarget, PolicyEnv, policy_group
 from server.policy.reasons import Reason
 from tests.netns import Netns, topology
-from tests.policy.netprobe import EchoServers, echoes, pings, probe_all, tcp_connect, tcp_reaches, udp_reaches
+from tests.policy.netprobe import (REACH_TIMEOUT, EchoServers, echoes, pings, probe_all, tcp_connect, tcp_reaches,
+                                   udp_reaches)
+
+R = REACH_TIMEOUT  # for probes that must succeed
 from tunnel.undo import Journal
 
 pytestmark = pytest.mark.netns
@@ -163,7 +166,7 @@ def test_each_group_reaches_exactly_what_the_policy_accepts(lab):
     inbound = [("h1", "c1", 22, "tcp"), ("h1", "c1", 22, "udp"), ("h1", "c1", None, "icmp"),
                ("h2", "c3", 22, "tcp"), ("h1", "c1v6", 22, "tcp")]
     cases += [(lab.ns[h], ADDR[c], port, proto) for h, c, port, proto in inbound]
-    seen = probe_all(cases)
+    seen = probe_all(cases, expect=[m[4] for m in MATRIX] + [False] * len(inbound))
     got = {m[:4]: s for m, s in zip(MATRIX, seen)}
     assert got == {m[:4]: m[4] for m in MATRIX}
     assert seen[len(MATRIX):] == [False] * len(inbound)
@@ -178,9 +181,9 @@ def compiled_policy():
 
 def test_a_new_policy_cuts_denied_connections_and_keeps_accepted_ones(lab):
     lab.apply(POLICY)
-    kept = tcp_connect(lab.ns["c2"], ADDR["h1"], 8000)  # ops -> lan:8000-8100, stays accepted
-    cut = tcp_connect(lab.ns["c1"], ADDR["h1"], 80)  # eng -> h1:80, about to be denied
-    assert kept and cut and echoes(kept) and echoes(cut)
+    kept = tcp_connect(lab.ns["c2"], ADDR["h1"], 8000, R)  # ops -> lan:8000-8100, stays accepted
+    cut = tcp_connect(lab.ns["c1"], ADDR["h1"], 80, R)  # eng -> h1:80, about to be denied
+    assert kept and cut and echoes(kept, R) and echoes(cut, R)
     before = lab.servers[0].received[(ADDR["c1"], 80)]
     try:
         lab.apply(POLICY.replace('"h1:22,80"', '"h1:22"').replace('"h1:80", ', ""))
@@ -188,9 +191,9 @@ def test_a_new_policy_cuts_denied_connections_and_keeps_accepted_ones(lab):
         # and the server never sees the bytes.
         assert not echoes(cut, timeout=1.0)
         assert lab.servers[0].received[(ADDR["c1"], 80)] == before
-        assert echoes(kept)
+        assert echoes(kept, R)
         assert not tcp_reaches(lab.ns["c1"], ADDR["h1"], 80)
-        assert tcp_reaches(lab.ns["c1"], ADDR["h1"], 22)
+        assert tcp_reaches(lab.ns["c1"], ADDR["h1"], 22, R)
     finally:
         kept.close()
         cut.close()
@@ -204,7 +207,7 @@ def test_a_policy_whose_tests_fail_is_refused_and_the_old_one_stays(lab):
     with pytest.raises(PolicyCheckError, match=r"policy.hujson:\d+: tests\[0\]: c1 -> h1:80"):
         lab.apply(bad)
     assert lab.listing() == before
-    assert tcp_reaches(lab.ns["c1"], ADDR["h1"], 80)
+    assert tcp_reaches(lab.ns["c1"], ADDR["h1"], 80, R)
 
 
 def test_denied_attempts_are_counted_and_logged_with_the_client_name(lab):
@@ -262,8 +265,8 @@ def kernel_log_group() -> int:
 def test_one_map_element_moves_a_client_to_login_only_and_back(lab):
     compiled = lab.apply(POLICY)
     home = compiled.class_of["10.8.0.2"]
-    established = tcp_connect(lab.ns["c1"], ADDR["h1"], 80)
-    assert established and echoes(established)  # judged once, then on the fast path
+    established = tcp_connect(lab.ns["c1"], ADDR["h1"], 80, R)
+    assert established and echoes(established, R)  # judged once, then on the fast path
     with lab.r.entered():
         set_client_target(IFNAME, "10.8.0.2", LOGIN_ONLY)
         assert kernel.client_target(IFNAME, "10.8.0.2") == LOGIN_ONLY
@@ -271,28 +274,29 @@ def test_one_map_element_moves_a_client_to_login_only_and_back(lab):
         # Logging out takes the client's flows off the fast path: the open connection stops.
         assert not echoes(established, timeout=1.0)
         established.close()
+        want = [False, True, True, True]  # only IPv4 was moved
         assert probe_all([(lab.ns["c1"], ADDR["h1"], 80, "tcp"), (lab.ns["c1"], ADDR["r"], 53, "udp"),
-                          (lab.ns["c1"], ADDR["r"], 8443, "tcp"), (lab.ns["c1"], "fd01::11", 22, "tcp")]) \
-            == [False, True, True, True]  # only IPv4 was moved
+                          (lab.ns["c1"], ADDR["r"], 8443, "tcp"), (lab.ns["c1"], "fd01::11", 22, "tcp")], want) == want
         assert decide(compiled_policy(), [ClientRef("c1", ["10.8.0.2"], {"eng"}, admitted=False)],
                       "c1", ADDR["h1"], 80, "tcp", GATEWAY).reason is Reason.LOGIN
         with lab.r.entered():
             set_client_target(IFNAME, "10.8.0.2", None)  # no element: the unknown chain
             assert kernel.client_target(IFNAME, "10.8.0.2") is None
         assert not tcp_reaches(lab.ns["c1"], ADDR["h1"], 80)
-        assert udp_reaches(lab.ns["c1"], ADDR["r"], 53)
+        assert udp_reaches(lab.ns["c1"], ADDR["r"], 53, R)
     finally:
         with lab.r.entered():
             set_client_target(IFNAME, "10.8.0.2", home)
-    assert tcp_reaches(lab.ns["c1"], ADDR["h1"], 80)
+    assert tcp_reaches(lab.ns["c1"], ADDR["h1"], 80, R)
 
 
 def test_clients_not_logged_in_compile_to_login_only(lab):
     clients = [ClientRef("c1", ["10.8.0.2", "fd08::2"], {"eng"}, admitted=False)] + CLIENTS[1:]
     lab.apply(POLICY, clients)
     try:
+        want = [False, True, True]
         assert probe_all([(lab.ns["c1"], ADDR["h1"], 22, "tcp"), (lab.ns["c1"], ADDR["r"], 8443, "tcp"),
-                          (lab.ns["c2"], ADDR["h1"], 8000, "tcp")]) == [False, True, True]
+                          (lab.ns["c2"], ADDR["h1"], 8000, "tcp")], want) == want
     finally:
         lab.apply(POLICY)
 
@@ -305,7 +309,7 @@ def test_removal_leaves_no_state_and_a_reapply_works(lab):
         remove(IFNAME)  # idempotent
     assert lab.tables() == ""
     # Without our table the lab is open again (nothing of ours filters).
-    assert tcp_reaches(lab.ns["c3"], ADDR["h1"], 80)
+    assert tcp_reaches(lab.ns["c3"], ADDR["h1"], 80, R)
     with lab.r.entered():
         failures = lab.journal.undo_all()
     assert failures == [] and not lab.journal.pending
@@ -319,8 +323,8 @@ def test_removal_leaves_no_state_and_a_reapply_works(lab):
 def test_ipv6_and_ping_from_the_gateway_side(lab):
     lab.apply(POLICY)
     # The gateway's own traffic is not filtered (output), and replies from clients pass.
-    assert pings(lab.r, "10.8.0.2") and pings(lab.r, "fd08::2")
-    assert pings(lab.ns["c1"], ADDR["h1"]) and not pings(lab.ns["c1"], "fd01::11")
+    assert pings(lab.r, "10.8.0.2", R) and pings(lab.r, "fd08::2", R)
+    assert pings(lab.ns["c1"], ADDR["h1"], R) and not pings(lab.ns["c1"], "fd01::11")
 
 
 def test_reapplying_never_leaves_a_moment_without_the_policy(lab):
