@@ -396,7 +396,8 @@ class _Writer:
             self.emit(*self.set_decl("set", f"valid{fam}", f"{_TYPE[fam]} . mark", "",
                                      [f"{a} . $GEN" for a in valid], "fast path"))
             for reason in DENY_REASONS:
-                self.emit(f"\tset {reason.counter}{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; flags dynamic; counter; }}")
+                self.emit(f"\tset {reason.counter}{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; "
+                          "flags dynamic; counter; }")
             self.emit(f"\tset logrl{fam} {{ type {_TYPE[fam]}; size {SET_SIZE}; flags dynamic,timeout; timeout 1m; }}")
             dns = [str(a) for a in gw.dns_servers if a.version == fam]
             self.emit(*self.set_decl("set", f"gwdns{fam}", _TYPE[fam], "", dns, "gateway dns"))

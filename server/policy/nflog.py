@@ -102,6 +102,11 @@ def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
     return out
 
 
+def _ifindex(attrs: dict[int, bytes], kind: int) -> int | None:
+    value = attrs.get(kind, b"")
+    return struct.unpack(">I", value)[0] if len(value) == 4 else None
+
+
 def _nla(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return _NLA.pack(length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
@@ -170,8 +175,8 @@ class NflogSocket:
                 ip = parse_ip(attrs.get(NFULA_PAYLOAD, b""))
                 if ip is not None:
                     prefix = attrs.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode(errors="replace")
-                    dev = lambda k: struct.unpack(">I", attrs[k])[0] if len(attrs.get(k, b"")) == 4 else None  # noqa: E731
-                    yield LoggedPacket(prefix, *ip, dev(NFULA_IFINDEX_INDEV), dev(NFULA_IFINDEX_OUTDEV))
+                    yield LoggedPacket(prefix, *ip, _ifindex(attrs, NFULA_IFINDEX_INDEV),
+                                       _ifindex(attrs, NFULA_IFINDEX_OUTDEV))
             offset += (length + 3) & ~3
 
     def close(self) -> None:

@@ -100,7 +100,8 @@ def random_packet(rng: random.Random, sc: Scenario) -> tuple[str | None, str, in
                         str(net.network_address + rng.randrange(net.num_addresses))]
         for c in sc.clients:
             sc.pool += [a.split("/")[0] for a in c.addresses]
-    pool = sc.pool + [f"10.1.{rng.randint(0, 2)}.{rng.randint(0, 255)}", f"fd01::{rng.randint(0, 3):x}:{rng.randint(0, 300):x}",
+    pool = sc.pool + [f"10.1.{rng.randint(0, 2)}.{rng.randint(0, 255)}",
+                      f"fd01::{rng.randint(0, 3):x}:{rng.randint(0, 300):x}",
              f"10.9.{rng.randint(0, 7)}.{rng.randint(0, 255)}"]
     proto = rng.choice(["tcp", "udp", "icmp"])
     port = None if proto == "icmp" else (rng.choice(PORTS) if rng.random() < 0.8 else rng.randint(0, 65535))

@@ -174,7 +174,8 @@ def test_nothing_runs_nft_when_compiling(monkeypatch):
 def test_a_client_in_many_groups_gets_one_merged_lookup():
     rules = ",".join(f'{{"action": "accept", "src": ["group:g{i}"], "dst": ["10.1.0.{i}:{i + 1}"]}}' for i in range(6))
     policy = load_policy(f'{{"acls": [{rules}]}}')
-    few, many = ClientRef("few", ["10.8.0.2"], {"g0", "g1"}), ClientRef("many", ["10.8.0.3"], {f"g{i}" for i in range(6)})
+    few = ClientRef("few", ["10.8.0.2"], {"g0", "g1"})
+    many = ClientRef("many", ["10.8.0.3"], {f"g{i}" for i in range(6)})
     c = compile_policy(policy, [few, many], ifname="wg0")
     by_client = {k.clients[0]: k for k in c.classes}
     assert len(by_client["few"].lookups) == 2  # the sets of g0 and g1, shared with any other class

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from server.policy import (ClientRef, GatewayContext, PolicyError, Resolver, check_policy, client_settings, decide, explain,
-                           load_policy, run_tests)
+from server.policy import (ClientRef, GatewayContext, PolicyError, Resolver, check_policy, client_settings, decide,
+                           explain, load_policy, run_tests)
 from server.policy.reasons import Reason
 from tests.policy.randompolicy import GATEWAY, random_packet, random_scenario, reference
 
