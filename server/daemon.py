@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from server import statecache
+from server.access.control import AccessControl
 from server.layout import Local, Paths
 from server.provision import ProvisionError, locate, paths, publish
 from server.reconcile import Reconciler
@@ -68,9 +69,14 @@ def run_server(directory: str | None, ifname: str | None, **up_options) -> str |
     except ProvisionError as exc:
         return str(exc)
     live = snap if snap.revision >= 0 else None
-    reconciler = Reconciler(lambda: open_registry(local.registry, create=False), registry=registry,
-                            snapshot=live, on_snapshot=lambda s, now: _publish(p, s, local, now))
-    return run_up(p.conf, roles=[ServerRole(snap.settings, reconciler)], **up_options)
+
+    def opener():
+        return open_registry(local.registry, create=False)
+
+    reconciler = Reconciler(opener, registry=registry, snapshot=live,
+                            on_snapshot=lambda s, now: _publish(p, s, local, now))
+    access = AccessControl(opener, reconciler, gateway=local.gateway, state_dir=p.directory)
+    return run_up(p.conf, roles=[ServerRole(snap.settings, reconciler, access)], **up_options)
 
 
 def _publish(p: Paths, snap: Snapshot, local: Local, now: float) -> None:

@@ -101,3 +101,9 @@ def apply_gateway(journal: Journal, ifname: str, pools: list[str], masquerade: b
 
 def client_to_client_dropped(ifname: str) -> int:
     return nft.counter_packets("inet", table_name(ifname), "forward", C2C_COMMENT)
+
+
+def set_client_to_client(ifname: str, pools: list[str], masquerade: bool, allow: bool) -> None:
+    """Switch the blanket client-to-client drop of a running gateway (one atomic replace of its
+    table, whose undo apply_gateway recorded): an access policy in force decides it instead."""
+    nft.replace_table("inet", table_name(ifname), ruleset(ifname, pools, masquerade, allow))

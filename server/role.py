@@ -3,7 +3,9 @@
 - setup: forwarding and NAT for the client pools (server/gateway.py), each
   change journalled with its undo;
 - services: the reconciler that keeps the running peers in step with the
-  registry (server/reconcile.py), closed before the interface goes down.
+  registry (server/reconcile.py), and the access control that keeps the
+  policy, bandwidth limits and login sessions in step with it
+  (server/access/), closed before the interface goes down.
 
 Handed in by server/daemon.py `run_server`, never chosen from a config: a
 wg-quick file does not say "server".
@@ -21,9 +23,10 @@ from .gateway import apply_gateway
 class ServerRole(Role):
     name = "server"
 
-    def __init__(self, settings: Any, reconciler: Any):
+    def __init__(self, settings: Any, reconciler: Any, access: Any = None):
         self.settings = settings  # server.registry.ServerSettings: pools, nat, client_to_client
         self.reconciler = reconciler  # server.reconcile.Reconciler
+        self.access = access  # server.access.control.AccessControl
 
     def setup(self, interface) -> None:
         s = self.settings
@@ -31,4 +34,7 @@ class ServerRole(Role):
                       allow_client_to_client=s.client_to_client)
 
     def services(self, interface) -> list:
-        return [self.reconciler.start(interface)]
+        started = [self.reconciler.start(interface)]
+        if self.access is not None:
+            started.append(self.access.start(interface))
+        return started

@@ -127,6 +127,10 @@ def _run_test(policy: Policy, resolver: Resolver, test: PolicyTest,
               gateway: GatewayContext | None) -> list[str]:
     where = policy.where(test.line)
     srcs = resolver.check_source(test.src)
+    if not srcs and test.src.kind == "group":
+        # A group without members yet is tested as its first member would be: a policy may be
+        # written (and its tests run) before the group's clients are added or log in.
+        srcs = [ClientRef(f"(a member of {test.src})", (), frozenset({test.src.name}))]
     if not srcs:
         return [f"{where}: tests[{test.index}]: src {test.src} has no clients"]
     protos = (test.proto,) if test.proto else ("tcp", "udp")

@@ -102,6 +102,10 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def set_policy(self, text: str, *, now: float | None = None) -> Policy: ...
 
+    @abc.abstractmethod
+    def clear_policy(self) -> None:
+        """No policy any more (every client reaches everything, as before one was set)."""
+
     # -- users and login failures (issue 11) ------------------------------------------
 
     @abc.abstractmethod
@@ -130,14 +134,28 @@ class Registry(abc.ABC):
         """Failed logins for `subject` at or after `since` (older ones may be pruned)."""
 
     @abc.abstractmethod
-    def clear_failures(self, subject: str) -> None: ...
+    def clear_failures(self, subject: str) -> None:
+        """Forget `subject`'s failures (not its lock)."""
+
+    @abc.abstractmethod
+    def set_lock(self, subject: str, until: float) -> None:
+        """Lock `subject` out of login until `until` (every gateway sees it); no revision bump."""
+
+    @abc.abstractmethod
+    def lock_until(self, subject: str) -> float | None: ...
+
+    @abc.abstractmethod
+    def advance_totp_step(self, name: str, step: int) -> bool:
+        """Record `step` as the user's last one-time code if it is later than the stored one; False if
+        not (a code used before, here or on another gateway)."""
 
     # -- sessions (issue 11) ----------------------------------------------------------
 
     @abc.abstractmethod
     def start_session(self, user: str, client: str, *, gateway: str | None = None,
                       expires_at: float | None = None, idle_timeout: float | None = None,
-                      now: float | None = None) -> Session: ...
+                      now: float | None = None, groups=(), session_id: str | None = None) -> Session:
+        """A new session of `user` on `client` (ending the client's previous one, if any)."""
 
     @abc.abstractmethod
     def touch_sessions(self, updates: Iterable[tuple[str, float, int, int]]) -> None:

@@ -129,6 +129,7 @@ class User:
     groups: tuple[str, ...] = ()
     disabled: bool = False
     created: float = 0.0
+    totp_last_step: int | None = None  # the step of the last one-time code accepted
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,15 @@ class Session:
     tx_bytes: int = 0
     ended_at: float | None = None
     end_reason: str | None = None
+    groups: tuple[str, ...] = ()  # what the login granted (from the registry's user or from RADIUS)
 
     @property
     def active(self) -> bool:
         return self.ended_at is None
+
+    def live(self, now: float) -> bool:
+        """Active and within its lifetime (idle time is judged by the gateway that sees its traffic)."""
+        return self.ended_at is None and (self.expires_at is None or now < self.expires_at)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,16 @@ MIGRATIONS: list[list[str]] = [
             options TEXT NOT NULL DEFAULT '{}'      -- JSON
         )""",
     ],
+    # 2: user sessions across gateways (issue 11): a session's groups, a TOTP step used once
+    # registry-wide, and the lockouts every gateway honours
+    [
+        "ALTER TABLE sessions ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'",  # a JSON list
+        "ALTER TABLE users ADD COLUMN totp_last_step BIGINT",
+        """CREATE TABLE login_locks (
+            subject TEXT PRIMARY KEY,               -- user:NAME or client:PUBKEY
+            until DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

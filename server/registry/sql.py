@@ -319,18 +319,22 @@ class SqlRegistry(Registry):
                    (text, digest, version, _now(now)))
             return self._policy(tx)  # type: ignore[return-value]
 
+    def clear_policy(self) -> None:
+        with self._write() as tx:
+            tx.run("DELETE FROM policy")
+
     # -- users ------------------------------------------------------------------------
 
     def _users(self, tx: Tx, name: str | None = None) -> list[User]:
         where, params = ("WHERE name = ?", (name,)) if name is not None else ("", ())
-        rows = tx.all(f"SELECT name, password_hash, totp_secret, disabled, created FROM users {where} ORDER BY name",
-                      params)
+        rows = tx.all(f"SELECT name, password_hash, totp_secret, disabled, created, totp_last_step FROM users {where} "
+                      "ORDER BY name", params)
         groups: dict[str, list[str]] = {}
         gwhere = "WHERE user_name = ?" if name is not None else ""
         for user, grp in tx.all(f"SELECT user_name, grp FROM user_groups {gwhere} ORDER BY grp", params):
             groups.setdefault(user, []).append(grp)
         return [User(name=r[0], password_hash=r[1], totp_secret=r[2], disabled=bool(r[3]), created=r[4],
-                     groups=tuple(groups.get(r[0], ()))) for r in rows]
+                     groups=tuple(groups.get(r[0], ())), totp_last_step=r[5]) for r in rows]
 
     def _user(self, tx: Tx, name: str) -> User:
         found = self._users(tx, name)
@@ -364,7 +368,7 @@ class SqlRegistry(Registry):
             if password_hash is not _KEEP:
                 tx.run("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
             if totp_secret is not _KEEP:
-                tx.run("UPDATE users SET totp_secret = ? WHERE name = ?", (totp_secret, name))
+                tx.run("UPDATE users SET totp_secret = ?, totp_last_step = NULL WHERE name = ?", (totp_secret, name))
             if disabled is not _KEEP:
                 tx.run("UPDATE users SET disabled = ? WHERE name = ?", (int(bool(disabled)), name))
             if groups is not _KEEP:
@@ -394,10 +398,29 @@ class SqlRegistry(Registry):
         with self._write(bump=False) as tx:
             tx.run("DELETE FROM login_failures WHERE subject = ?", (subject,))
 
+    def advance_totp_step(self, name: str, step: int) -> bool:
+        # A compare-and-set: a code accepted on one gateway is refused on every other.
+        with self._write(bump=False) as tx:
+            self._user(tx, name)
+            changed = tx.run("UPDATE users SET totp_last_step = ? "
+                             "WHERE name = ? AND (totp_last_step IS NULL OR totp_last_step < ?)", (step, name, step))
+            return changed == 1
+
+    def set_lock(self, subject: str, until: float) -> None:
+        with self._write(bump=False) as tx:
+            # Locks past are forgotten here, so probing many names stays bounded.
+            tx.run("DELETE FROM login_locks WHERE subject = ? OR until < ?", (subject, time.time()))
+            tx.run("INSERT INTO login_locks (subject, until) VALUES (?, ?)", (subject, until))
+
+    def lock_until(self, subject: str) -> float | None:
+        with self._read() as tx:
+            row = tx.one("SELECT until FROM login_locks WHERE subject = ?", (subject,))
+            return None if row is None else float(row[0])
+
     # -- sessions ---------------------------------------------------------------------
 
     _SESSION_COLUMNS = ("id, user_name, client, gateway, started, expires_at, idle_timeout, last_activity, "
-                        "rx_bytes, tx_bytes, ended_at, end_reason")
+                        "rx_bytes, tx_bytes, ended_at, end_reason, groups")
 
     def _sessions(self, tx: Tx, active: bool = True, session_id: str | None = None) -> list[Session]:
         if session_id is not None:
@@ -405,14 +428,23 @@ class SqlRegistry(Registry):
         else:
             where = "WHERE ended_at IS NULL" if active else ""
             rows = tx.all(f"SELECT {self._SESSION_COLUMNS} FROM sessions {where} ORDER BY started, id")
-        return [Session(*r) for r in rows]
+        return [Session(*r[:-1], groups=tuple(json.loads(r[-1] or "[]"))) for r in rows]
 
-    def start_session(self, user, client, *, gateway=None, expires_at=None, idle_timeout=None, now=None) -> Session:
+    def start_session(self, user, client, *, gateway=None, expires_at=None, idle_timeout=None, now=None,
+                      groups=(), session_id=None) -> Session:
         at = _now(now)
-        session_id = secrets.token_hex(16)
+        session_id = session_id or secrets.token_hex(16)
+        groups = json.dumps(sorted(set(groups)))
         with self._write() as tx:
-            tx.run(f"INSERT INTO sessions ({self._SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, NULL, NULL)",
-                   (session_id, user, client, gateway, at, expires_at, idle_timeout, at))
+            known = self._sessions(tx, session_id=session_id)
+            if known:  # a gateway resuming its sessions after a restart: the registry's word stands
+                return known[0]
+            # One session per client: a new login replaces the one before it.
+            tx.run("UPDATE sessions SET ended_at = ?, end_reason = 'replaced' WHERE client = ? AND ended_at IS NULL",
+                   (at, client))
+            tx.run(f"INSERT INTO sessions ({self._SESSION_COLUMNS}) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, NULL, NULL, ?)",
+                   (session_id, user, client, gateway, at, expires_at, idle_timeout, at, groups))
             return self._sessions(tx, session_id=session_id)[0]
 
     def touch_sessions(self, updates) -> None:

@@ -157,3 +157,18 @@ def test_client_settings_bandwidth_and_dns():
     # The most generous limit per direction among the groups that set one.
     assert (both.bandwidth.down, both.bandwidth.up) == (50_000_000, 2_000_000)
     assert client_settings(p, [ClientRef("zoe", ["10.8.0.10"])])["zoe"].bandwidth is None
+
+
+def test_tests_of_a_group_without_members_run_as_its_first_member_would():
+    p = load_policy("""{
+  "hosts": {"db": "10.1.0.5"},
+  "acls": [{"action": "accept", "src": ["group:newhires"], "proto": "tcp", "dst": ["db:5432"]}],
+  "tests": [{"src": "group:newhires", "accept": ["db:5432"], "deny": ["db:22"]}],
+}""", "p.hujson")
+    assert run_tests(p, CLIENTS) == []
+    wrong = load_policy("""{
+  "hosts": {"db": "10.1.0.5"},
+  "acls": [{"action": "accept", "src": ["group:newhires"], "proto": "tcp", "dst": ["db:5432"]}],
+  "tests": [{"src": "group:newhires", "accept": ["db:22"]}],
+}""", "p.hujson")
+    assert len(run_tests(wrong, CLIENTS)) == 1
