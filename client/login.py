@@ -187,8 +187,9 @@ def describe(session: dict) -> str:
     groups = ", ".join(session.get("groups") or []) or "none"
     expires_in = int(session.get("expires_in") or 0)
     hours, rest = divmod(expires_in, 3600)
-    left = f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min"
+    left = f"{hours} h {rest // 60} min" if hours else (f"{rest // 60} min" if rest >= 60 else f"{rest} s")
     expires = str(session.get("expires", "?")).replace("T", " ").replace("Z", " UTC")
     idle = int(session.get("idle_timeout") or 0)
+    idle_text = f"{idle // 60} min" if idle >= 60 else f"{idle} s"
     return (f"logged in as {session.get('user')} (groups: {groups}) until {expires} ({left}); "
-            f"ends after {idle // 60} min idle")
+            f"ends after {idle_text} idle")

@@ -229,13 +229,9 @@ def _store_auth(directory, ifname, settings) -> None:
     from .settings import KEY
 
     srv = _server(directory, ifname)
-    extra = dict(srv.registry.settings().extra)
-    if settings is None:
-        extra.pop(KEY, None)
-    else:
-        extra[KEY] = settings.to_json()
     try:
-        srv.registry.update_settings(extra=extra)
+        # A name that is not a core setting lands in the shared settings' extras.
+        srv.registry.update_settings(**{KEY: settings.to_json() if settings is not None else None})
     except RegistryError as exc:
         raise _fail(str(exc)) from None
 

@@ -98,7 +98,7 @@ class AccessControl:
         self._endpoint: LoginEndpoint | None = None
         self._sessions_file: SessionFile | None = None
         self._ended: set[str] = set()  # session ids ended here (or seen ended): never live again
-        self._recorded: set[str] = set()  # session ids this gateway wrote to the registry
+        self._recorded: dict[str, int] = {}  # session id this gateway wrote -> the registry's revision then
         self._actions: queue.SimpleQueue = queue.SimpleQueue()  # from the login service, for the ticker
         self._wake = threading.Event()
         self._names: dict[str, str] = {}  # public key (base64) -> client name
@@ -192,8 +192,9 @@ class AccessControl:
                     # A newer login on another gateway replaced ours.
                     self.login.kick(s.client.public_key)
                     continue
-                if rid is None and s.session_id in self._recorded:
-                    # Ended in the registry (a kick from any gateway): end it here too.
+                if rid is None and snap.revision >= self._recorded.get(s.session_id, float("inf")):
+                    # Ended in the registry (a kick from any gateway): end it here too. A snapshot
+                    # older than our own write does not know it yet, and proves nothing.
                     self.login.kick(s.client.public_key)
                     continue
                 live[name] = tuple(s.groups)
@@ -354,7 +355,7 @@ class AccessControl:
                         recorded = self._reg().start_session(
                             s.user, s.client.name, gateway=self.gateway, expires_at=s.expires,
                             idle_timeout=s.idle_timeout, groups=s.groups, session_id=s.session_id, now=s.started)
-                        self._recorded.add(s.session_id)
+                        self._recorded[s.session_id] = self._reg().revision()
                         if not recorded.active:  # resumed, but ended meanwhile (kicked while we were down)
                             self._ended.add(s.session_id)
                             if self.login is not None:

@@ -243,18 +243,20 @@ def binary() -> str:
 
 
 @contextlib.contextmanager
-def freeradius(directory: Path) -> Iterator[FreeRadius]:
+def freeradius(directory: Path, ns=None) -> Iterator[FreeRadius]:
+    """FreeRADIUS on 127.0.0.1, in this namespace or (NS, a tests.helpers.netns.Netns) in that one's."""
     exe = binary()
     directory.mkdir(parents=True, exist_ok=True)
-    auth_port, acct_port = _free_udp_ports(2)
+    auth_port, acct_port = _free_udp_ports(2) if ns is None else (1812, 1813)  # a test namespace is empty
     (directory / "users").write_text(USERS)
     (directory / "radiusd.conf").write_text(
         CONFIG.format(dir=directory, secret=SECRET.decode(), auth_port=auth_port, acct_port=acct_port))
     fr = FreeRadius(directory, auth_port, acct_port, SECRET)
     out = open(fr.log, "wb")
     try:
-        fr.process = subprocess.Popen([exe, "-f", "-X", "-d", str(directory)], stdout=out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        argv = [exe, "-f", "-X", "-d", str(directory)]
+        kwargs = dict(stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        fr.process = subprocess.Popen(argv, **kwargs) if ns is None else ns.popen(argv, **kwargs)
         deadline = time.monotonic() + 20
         while b"Ready to process requests" not in fr.log.read_bytes():
             if fr.process.poll() is not None or time.monotonic() > deadline:
