@@ -348,7 +348,7 @@ def add_client(directory: str | None, ifname: str | None, name: str, *, groups=(
                                          private_key=encode_key(private_key), groups=group_list,
                                          expires_at=expires_at, options=options, now=now)
         snap = srv.registry.snapshot()
-        text = render.client_config(snap.settings, client)
+        text = render.client_config(snap.settings, client, snap.policy.text if snap.policy else None)
         try:
             parse_config(text, filename=f"{name}.conf")  # what we hand out must read back
         except ConfigError as exc:
@@ -395,7 +395,9 @@ def client_config(directory: str | None, ifname: str | None, name: str) -> str:
     with _errors():
         check_name("client", name)
     with open_server(directory, ifname) as srv, _errors():
-        return render.client_config(srv.registry.settings(), srv.registry.client(name))
+        policy = srv.registry.policy()
+        return render.client_config(srv.registry.settings(), srv.registry.client(name),
+                                    policy.text if policy else None)
 
 
 @dataclass

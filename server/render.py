@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from server.layout import Local, header_lines
+from server.policy import ClientRef, PolicyError, client_settings, load_policy
 from server.registry import Client, ServerSettings, Snapshot
 from tunnel.config import Config, InterfaceConfig, PeerConfig
 from tunnel.protocol.crypto import DH_PUBKEY, decode_key
@@ -41,13 +42,14 @@ def server_peer(c: Client) -> PeerConfig:
                       allowed_ips=[ipaddress.ip_interface(a) for a in c.addresses], name=c.name)
 
 
-def client_config(settings: ServerSettings, c: Client) -> str:
-    """The client's own wg-quick file (what add-client and show-client print)."""
+def client_config(settings: ServerSettings, c: Client, policy_text: str | None = None) -> str:
+    """The client's own wg-quick file (what add-client and show-client print); DNS is its groups'
+    servers when the access policy (POLICY_TEXT) gives them some, else the server's pushed ones."""
     if not c.private_key:
         raise RenderError(f"client {c.name!r} brought its own key: the server has no config with its private key")
+    dns = group_dns(policy_text, c) or [ipaddress.ip_address(d) for d in settings.dns]
     iface = InterfaceConfig(private_key=decode_key(c.private_key),
-                            addresses=[ipaddress.ip_interface(a) for a in c.addresses],
-                            dns=[ipaddress.ip_address(d) for d in settings.dns])
+                            addresses=[ipaddress.ip_interface(a) for a in c.addresses], dns=dns)
     split = c.options.get("split")
     server = PeerConfig(
         public_key=DH_PUBKEY(decode_key(settings.private_key)),
@@ -57,3 +59,16 @@ def client_config(settings: ServerSettings, c: Client) -> str:
         persistent_keepalive=settings.keepalive or None,
     )
     return Config(interface=iface, peers=[server]).to_text()
+
+
+def group_dns(policy_text: str | None, c: Client) -> list | None:
+    """The DNS servers the policy gives C's groups (None: none given, or no policy to read)."""
+    if not policy_text:
+        return None
+    try:
+        policy = load_policy(policy_text, "policy")
+        ref = ClientRef(c.name, c.addresses, frozenset(c.groups))
+        mine = client_settings(policy, [ref]).get(c.name)
+    except (PolicyError, ValueError):
+        return None
+    return list(mine.dns) if mine is not None and mine.dns else None

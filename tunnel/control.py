@@ -290,6 +290,17 @@ def parse_get(answer: str) -> tuple[dict[str, str], list[dict[str, object]]]:
 # --- wiring into a running Interface ------------------------------------------------
 
 
+def provided_status(interface) -> dict:
+    """What the roles' services report for `tunnel show` (a provider that fails reports its error)."""
+    out = {}
+    for name, provider in list(getattr(interface, "status_providers", {}).items()):
+        try:
+            out[name] = provider()
+        except Exception as exc:  # noqa: BLE001 - a status line must not break the socket
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
 def attach(interface, socket_dir: str = SOCKET_DIR) -> ControlServer:
     """Serve the control socket of a brought-up Interface from its data-plane loop."""
     plane = interface.plane
@@ -302,6 +313,7 @@ def attach(interface, socket_dir: str = SOCKET_DIR) -> ControlServer:
         perform=plane.perform,
         stats=plane.stats,
         name=interface.name,
+        extra=lambda: provided_status(interface),
     )
     # Journalled so that `tunnel down` after a crash removes the dead socket file.
     interface.journal.record("control_socket", path=socket_path(interface.name, socket_dir))

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from . import hooks, netconfig, role, sdnotify
 from .config import Config
@@ -87,6 +87,10 @@ class Interface:
         self.device: Device | None = None
         self.plane: DataPlane | None = None
         self.fwmark: int | None = None
+        # What roles' services add to `tunnel show` (name -> a function returning JSON-able data)
+        # and to the metrics (functions yielding Prometheus metric families); read on each request.
+        self.status_providers: dict[str, Callable[[], dict]] = {}
+        self.metric_families: list[Callable[[], Iterable]] = []
         self.full_tunnel = (False, False)  # (v4, v6): AllowedIPs holds 0.0.0.0/0, ::/0
         self.table = _table_setting(config.interface.table)  # "auto", "off" or a table
         self.roles: list[role.Role] = []

@@ -65,10 +65,12 @@ def _copy(read: Callable[[], Any]) -> Any:
 
 
 class TunnelCollector:
-    def __init__(self, ifname: str, device, stats):
+    def __init__(self, ifname: str, device, stats, families: list | None = None):
         self.ifname = ifname
         self.device = device
         self.stats = stats
+        # Roles' services append functions yielding metric families (read at each scrape).
+        self.families = families if families is not None else []
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # optional: see start()
@@ -119,6 +121,11 @@ class TunnelCollector:
         count = GaugeMetricFamily("tunnel_peers", "Configured peers", labels=["interface"])
         count.add_metric(iface, len(peers))
         yield count
+        for family in list(self.families):
+            try:
+                yield from family()
+            except Exception:  # noqa: BLE001 - one role's metrics must not break the scrape
+                log.exception("%s: a metrics provider failed", self.ifname)
 
 
 class MetricsServer:
@@ -133,7 +140,7 @@ class MetricsServer:
         self.thread.join(5)
 
 
-def start(ifname: str, device, stats, address: str | tuple[str, int]) -> MetricsServer:
+def start(ifname: str, device, stats, address: str | tuple[str, int], families: list | None = None) -> MetricsServer:
     """Serve the metrics of one interface at ADDRESS ("HOST:PORT", or (host, port) where 0 picks one)."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server  # optional package
@@ -143,7 +150,7 @@ def start(ifname: str, device, stats, address: str | tuple[str, int]) -> Metrics
 
     host, port = parse_address(address) if isinstance(address, str) else address
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TunnelCollector(ifname, device, stats))
+    registry.register(TunnelCollector(ifname, device, stats, families))
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
@@ -162,4 +169,5 @@ def attach(interface) -> MetricsServer | None:
     address = interface.config.interface.extension("MetricsAddress")
     if not address:
         return None
-    return start(interface.name, interface.device, interface.plane.stats, address)
+    return start(interface.name, interface.device, interface.plane.stats, address,
+                 getattr(interface, "metric_families", None))

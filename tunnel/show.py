@@ -85,6 +85,10 @@ def render(state: dict, now: float) -> str:
         drops = c.get("drops") or {}
         if drops:
             lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    # What roles add (access policy, sessions, ...): each gives its own summary lines.
+    for data in (state.get("extra") or {}).values():
+        for line in data.get("lines", []) if isinstance(data, dict) else []:
+            lines.append(f"  {line}")
     for p in state["peers"]:
         lines.append("")
         title = f"peer: {p['public_key']}" + (f" ({p['name']})" if p.get("name") else "")

@@ -56,6 +56,7 @@ class Context:
     perform: Callable[[list, float], None] = lambda actions, now: None
     stats: Any = None  # the data plane's Stats, for get=tunnel
     name: str = ""
+    extra: Callable[[], dict] | None = None  # what roles add to get=tunnel (Interface.status_providers)
 
 
 # --- get ----------------------------------------------------------------------------
@@ -124,7 +125,11 @@ def extended_status(ctx: Context) -> dict:
             counters[key] = getattr(stats, key, 0)
         counters["drops"] = dict(stats.drops)
     counters["handshakes"] = sum(p["handshakes"] for p in peers)
+    extra = {}
+    if ctx.extra is not None:
+        extra = ctx.extra()
     return {
+        "extra": extra,
         "interface": ctx.name,
         "public_key": encode_key(device.public_key),
         "listen_port": ctx.listen_port,

@@ -90,6 +90,7 @@ class AccessControl:
         self._applied_key = None
         self._policy_active = False
         self._compiled = None
+        self._clients: list[ClientRef] = []
         self._denylog: DenyLog | None = None
         self._shaper: Shaper | None = None
         self._auth: AuthSettings | None = None
@@ -116,6 +117,8 @@ class AccessControl:
             self.addresses = [str(a) for a in interface.config.interface.addresses]
             self._shaper = Shaper(interface.journal, interface.name)
             self._sessions_file = SessionFile(os.path.join(self.state_dir, f"{interface.name}.sessions.json"))
+            interface.status_providers["access"] = self.status
+            interface.metric_families.append(self.metric_families)
             snap = self._snapshot or self.reconciler.snapshot
             if snap is not None:
                 self._apply(snap, self.clock())
@@ -156,7 +159,7 @@ class AccessControl:
                 self._by_address[a] = ClientInfo(name=c.name, public_key=c.public_key, address=a)
         self._configure_login(snap)
         auth = self._auth
-        live = self._live_sessions(snap, now) if auth is not None else {}
+        live = self._live_sessions(snap, now, {c.name for c in active}) if auth is not None else {}
         clients = []
         for c in active:
             if auth is None:
@@ -171,8 +174,9 @@ class AccessControl:
             return
         if self._apply_policy(text, clients, snap, auth):
             self._applied_key = key
+            self._clients = clients
 
-    def _live_sessions(self, snap: Snapshot, now: float) -> dict[str, tuple[str, ...]]:
+    def _live_sessions(self, snap: Snapshot, now: float, active: set[str]) -> dict[str, tuple[str, ...]]:
         """Client name -> the groups of its live session: the registry's, and this gateway's own."""
         live: dict[str, tuple[str, ...]] = {}
         for s in snap.sessions:
@@ -187,6 +191,9 @@ class AccessControl:
             for name, s in local.items():
                 rid = registry_ids.get(name)
                 if s.session_id in self._ended:
+                    continue
+                if name not in active:  # the client expired or was removed: its session ends with it
+                    self.login.remove_client(name)
                     continue
                 if rid is not None and rid != s.session_id and rid not in self._ended:
                     # A newer login on another gateway replaced ours.
@@ -231,6 +238,10 @@ class AccessControl:
             set_client_to_client(self.ifname, list(settings.pools), masquerade=settings.nat, allow=True)
             self._policy_active = True
             log.info("%s: access policy in force (default deny)", self.ifname)
+        version = snap.policy.version if snap.policy is not None else 0
+        log.info("%s: access policy %s applied: %d client(s), %d admitted, %d class(es)", self.ifname,
+                 f"version {version}" if version else "(login only)", len(clients),
+                 sum(1 for c in clients if c.admitted), len(compiled.classes))
         self._compiled = compiled
         self._start_denylog(compiled)
         limits = {}
@@ -432,17 +443,47 @@ class AccessControl:
     # -- status ----------------------------------------------------------------------------
 
     def status(self) -> dict:
-        """For `tunnel show` and the metrics: the policy, login and denied attempts per client."""
+        """For `tunnel show` (its "lines") and scripts: the policy, login and denied attempts per client."""
         out: dict = {"policy": self._policy_active, "login": self._auth.backend if self._auth else None}
+        lines = ["access policy: " + ("in force (default deny)" if self._policy_active else "none (all allowed)")]
         if self.login is not None:
-            out["sessions"] = [s.summary() for s in self.login.sessions_list()]
+            sessions = [s.summary() for s in self.login.sessions_list()]
+            out["sessions"] = sessions
+            who = ", ".join(f"{s['user']}@{s['client']}" for s in sessions) or "nobody"
+            lines.append(f"login: {self._auth.describe()}; logged in here: {who}")
         if self._policy_active:
             try:
-                counters = deny_counters(self.ifname)
+                counters = deny_counters(self.ifname, self._clients)
                 out["denied"] = {name: dict(reasons) for name, reasons in counters.by_client_reason.items()}
+                if out["denied"]:
+                    lines.append("denied: " + ", ".join(f"{name} {sum(r.values())}"
+                                                        for name, r in sorted(out["denied"].items())))
             except nft.NftError as exc:
                 out["denied_error"] = str(exc)
+        out["lines"] = lines
         return out
+
+    def metric_families(self):
+        """Prometheus families: denied packets per client and reason, logged-in users."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        iface = self.ifname
+        if self._policy_active:
+            denied = CounterMetricFamily("tunnel_policy_denied_packets_total",
+                                         "Packets the access policy denied, by client and reason",
+                                         labels=["interface", "client", "reason"])
+            try:
+                for name, reasons in deny_counters(iface, self._clients).by_client_reason.items():
+                    for reason, n in reasons.items():
+                        denied.add_metric([iface, name, str(reason)], n)
+            except nft.NftError:
+                pass
+            yield denied
+        if self.login is not None:
+            sessions = GaugeMetricFamily("tunnel_login_sessions", "Users logged in through this gateway",
+                                         labels=["interface"])
+            sessions.add_metric([iface], len(self.login.sessions_list()))
+            yield sessions
 
 
 def _is_host(address: str) -> bool:

@@ -21,7 +21,7 @@ import pytest
 
 from server.auth import totp
 from tests.auth.freeradius import ALICE_PASSWORD, ALICE_TOTP, CAROL_PASSWORD, CAROL_TOTP, SECRET, freeradius
-from tests.helpers.netns import WgPeer, genkey, wireguard_go
+from tests.helpers.netns import genkey, wireguard_go
 from tests.helpers.server import ServerProc
 from tests.helpers.tunnelproc import start_tunnel, tunnel_env
 from tests.policy.netprobe import EchoServers, tcp_connect, tcp_reaches
