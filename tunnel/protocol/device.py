@@ -4,6 +4,8 @@ Bytes and time in, actions out:
     receive_datagram(data, endpoint, now, under_load)  a UDP datagram arrived
     send_packet(packet, now)                          the TUN device gave us an IP packet
     tick(now)                                         timers; call at next_deadline()
+    switch_endpoint(peer, endpoint, now)              send to another endpoint of the peer
+    probe(peer, endpoint, now)                        try one without moving the peer
 
 Rules kept here:
 - nothing here does I/O or reads a clock; `now` is the caller's monotonic
@@ -252,6 +254,21 @@ class Device:
         """Start a handshake now (as `wg set` with a new endpoint, or at start-up)."""
         out: list[Action] = []
         peer.send_initiation(now, out)
+        return out
+
+    def switch_endpoint(self, peer: Peer, endpoint: tuple, now: float) -> list[Action]:
+        """Move PEER to ENDPOINT (another gateway with its key) and start a handshake there now."""
+        out: list[Action] = []
+        peer.switch_endpoint(endpoint, now, out)
+        return out
+
+    def probe(self, peer: Peer, endpoint: tuple, now: float) -> list[Action]:
+        """An initiation to ENDPOINT without moving PEER: an authenticated answer from there roams it.
+
+        Nothing is sent while a handshake of ours is in flight ([] returned).
+        """
+        out: list[Action] = []
+        peer.send_probe(endpoint, now, out)
         return out
 
     # ------------------------------------------------------------------

@@ -26,7 +26,20 @@ Checks made as packets pass rather than by timers:
   A keypair older than REJECT_AFTER_TIME or past REJECT_AFTER_MESSAGES is
   never used; a responder uses a new keypair only after data arrived on it.
 
-Initiations are never sent more often than once per REKEY_TIMEOUT.
+Initiations are never sent more often than once per REKEY_TIMEOUT, except
+the one a caller's endpoint switch starts (a new destination) and probes
+(sent to another endpoint, they leave this peer's timers alone).
+
+Several endpoints (tunnel/failover.py decides, this file only obeys):
+  switch_endpoint  send to another endpoint from now on: it holds none of our
+                   sessions (another gateway with the same key), so the
+                   current one is kept for receiving only (as `previous`), what
+                   is sent meanwhile is staged, and a handshake starts at once;
+  send_probe       an initiation to another endpoint, the endpoint, sessions
+                   and timers untouched; its authenticated response roams the
+                   peer there like any other (Device._receive_response);
+  awaiting_reply   data or an initiation of ours still has no answer (the
+                   new_handshake or retransmit_handshake timer is armed).
 """
 
 from __future__ import annotations
@@ -394,6 +407,44 @@ class Peer:
             self.send_initiation(now, out)
         if data:
             self._timers_data_received(now)
+
+    # ------------------------------------------------------------------
+    # several endpoints (the caller decides which; see the module docstring)
+    # ------------------------------------------------------------------
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """Data or an initiation went out and nothing authenticated has come back since."""
+        return self.t_new_handshake is not None or self.t_retransmit_handshake is not None
+
+    def switch_endpoint(self, endpoint: tuple, now: float, out: list[Action]) -> None:
+        """Send to ENDPOINT from now on, starting with a handshake (it shares none of our sessions)."""
+        self.endpoint = endpoint
+        # The kernel's expire_current_peer_keypairs: nothing more is sealed with
+        # a session the new endpoint does not hold; late packets on it still open.
+        self._drop_keypair(self.next)
+        self.next = None
+        if self.current is not None:
+            self._drop_keypair(self.previous)
+            self.previous, self.current = self.current, None
+        self.last_sent_initiation = None  # the REKEY_TIMEOUT spacing was for the old destination
+        self.send_initiation(now, out)
+
+    def send_probe(self, endpoint: tuple, now: float, out: list[Action]) -> bool:
+        """An initiation to ENDPOINT, leaving this peer's endpoint, sessions and timers as they are.
+
+        Not while a handshake of ours is in flight (it would lose that one's
+        state). False when nothing was sent.
+        """
+        if self.t_retransmit_handshake is not None or not self.handshake.valid_peer:
+            return False
+        self._release_handshake_index()
+        index = self.device._allocate_index(self)
+        msg = self.handshake.create_initiation(index, self.device.wall(now), self.device.rng)
+        packet = bytearray(msg.pack())
+        self.cookie.add_macs(packet, INITIATION_MAC1_OFFSET, now)
+        out.append(SendDatagram(endpoint, bytes(packet), self))
+        return True
 
     def set_endpoint(self, endpoint: tuple, out: list[Action]) -> None:
         if endpoint != self.endpoint:
