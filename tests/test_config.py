@@ -54,6 +54,7 @@ PresharedKey = {PSK_B64}
 AllowedIPs = 10.0.0.2/32, fd00::2/128
 AllowedIPs = 192.168.7.0/24
 Endpoint = 198.51.100.7:51820
+# FailoverEndpoints = 198.51.100.8:51820, [2001:db8::8]:51820
 PersistentKeepalive = 25
 
 [Peer]
@@ -251,6 +252,36 @@ def test_peer_name_comment():
 def test_name_comment_outside_peer_is_just_a_comment():
     c = parse("# Name = nobody\n" + iface("# Name = the server\n"))
     assert c.interface.extensions == {} and c.peers == []
+
+
+def test_failover_endpoints_comment():
+    c = parse(iface() + peer("Endpoint = vpn1.example.com:51820\n# FailoverEndpoints = 192.0.2.2:51820,"
+                             " [2001:db8::2]:4500\n#failoverendpoints=vpn3.example.com:1 192.0.2.2:51820\n"))
+    p = c.peers[0]
+    assert p.failover_endpoints == [("192.0.2.2", 51820), ("2001:db8::2", 4500), ("vpn3.example.com", 1),
+                                    ("192.0.2.2", 51820)]
+    assert p.endpoints() == [("vpn1.example.com", 51820), ("192.0.2.2", 51820), ("2001:db8::2", 4500),
+                             ("vpn3.example.com", 1)]
+    assert PeerConfig(public_key=PUB_A).endpoints() == []
+    text = c.to_text()
+    assert "Endpoint = vpn1.example.com:51820\n# FailoverEndpoints = 192.0.2.2:51820, [2001:db8::2]:4500," in text
+    assert parse(text) == c
+
+
+def test_failover_endpoints_comment_outside_a_peer_is_just_a_comment():
+    c = parse("# FailoverEndpoints = nonsense\n" + iface("# FailoverEndpoints = 1.2.3.4:5\n"))
+    assert c.peers == []
+
+
+@pytest.mark.parametrize("extra, line, message", [
+    ("Endpoint = 192.0.2.1:1\n# FailoverEndpoints = 192.0.2.2\n", 7, "FailoverEndpoints: '192.0.2.2' has no port"),
+    ("Endpoint = 192.0.2.1:1\n# FailoverEndpoints = 2001:db8::1:5\n", 7, "write an IPv6 endpoint as [address]:port"),
+    ("# FailoverEndpoints = 192.0.2.2:1\n", 6, "FailoverEndpoints needs an Endpoint in the same [Peer]"),
+])
+def test_failover_endpoints_errors(extra, line, message):
+    with pytest.raises(ConfigError) as e:
+        parse(iface() + peer(extra))
+    assert e.value.line == line and message in e.value.message
 
 
 def test_later_scalar_value_wins_as_in_wg_quick():
@@ -495,10 +526,12 @@ def test_strip_agrees_with_real_wg_quick(tmp_path):
     out = subprocess.run(["wg-quick", "strip", str(path)], capture_output=True, text=True, check=True).stdout
     ours = load_config(path).strip_wg_quick()
     theirs = parse(out, name="wgcfgtest0")
-    # wg-quick keeps comments, so our `# Name` line survives its strip; wg ignores it.
+    # wg-quick keeps comments, so our `# Name` and `# FailoverEndpoints` lines survive its strip; wg ignores them.
     assert [p.name for p in theirs.peers] == ["alice", None]
+    assert theirs.peers[0].failover_endpoints == [("198.51.100.8", 51820), ("2001:db8::8", 51820)]
     for p in theirs.peers:
         p.name = None
+        p.failover_endpoints = []
     assert theirs == ours
 
 

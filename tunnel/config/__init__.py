@@ -23,7 +23,9 @@ Rules kept here:
   InterfaceConfig.EXTENSION_KEYS / PeerConfig.EXTENSION_KEYS (wg-quick would
   pass such keys to `wg`, which refuses them, so files using them are ours).
   Their raw values land in `.extensions[CanonicalName]` (a list, in order).
-  A comment line `# Name = alice` inside a [Peer] names that peer.
+  A comment line `# Name = alice` inside a [Peer] names that peer, and
+  `# FailoverEndpoints = HOST:PORT, ...` lists where else it answers (tried
+  after its Endpoint, which it requires: tunnel/failover.py).
 - `Config.to_text()` writes a file that parses back to an equal Config;
   `Config.strip_wg_quick()` keeps only what `wg setconf` accepts.
 """

@@ -83,6 +83,15 @@ class PeerConfig:
     persistent_keepalive: int | None = None  # seconds; 0: off
     name: str | None = None  # from a `# Name = ...` comment
     extensions: dict[str, list[str]] = field(default_factory=dict)
+    # From `# FailoverEndpoints = HOST:PORT, ...` comments: where else this peer
+    # answers (other gateways with its key), tried in order after `endpoint`.
+    failover_endpoints: list[tuple[str, int]] = field(default_factory=list)
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """Endpoint first, then the fail-over ones, without repeats."""
+        out = [self.endpoint] if self.endpoint is not None else []
+        return out + [e for i, e in enumerate(self.failover_endpoints)
+                      if e not in out and e not in self.failover_endpoints[:i]]
 
     def allowed_networks(self) -> list[IPNetwork]:
         """AllowedIPs with host bits cleared, duplicates dropped, order kept: what routing uses."""

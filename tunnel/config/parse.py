@@ -26,6 +26,9 @@ from .model import (
 
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NAME_COMMENT = re.compile(r"#\s*name\s*=(.*)", re.IGNORECASE)
+# Several endpoints of one peer, in a comment so wg-quick and the apps (which
+# use the one `Endpoint =`) still load the file: see tunnel/failover.py.
+_FAILOVER_COMMENT = re.compile(r"#\s*failoverendpoints\s*=(.*)", re.IGNORECASE)
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -301,6 +304,14 @@ class _Parser:
                     name = m.group(1).strip()
                     if name:
                         peer["name"] = name
+                m = _FAILOVER_COMMENT.fullmatch(stripped)
+                if m and peer is not None:
+                    try:
+                        peer.setdefault("failover_endpoints", []).extend(
+                            _endpoint(item) for item in _items(m.group(1).strip()))
+                    except _Bad as bad:
+                        raise self.fail(f"FailoverEndpoints: {bad}") from None
+                    peer["failover_line"] = self.lineno
                 continue
             content = raw.split("#", 1)[0].strip()
             if not content:
@@ -372,6 +383,10 @@ class _Parser:
             if p["public_key"] == own:
                 raise self.fail("PublicKey is the interface's own public key", line=p["public_key_line"])
             del p["public_key_line"]
+            failover_line = p.pop("failover_line", None)
+            if failover_line is not None and "endpoint" not in p:
+                raise self.fail("FailoverEndpoints needs an Endpoint in the same [Peer] (tried first)",
+                                line=failover_line)
             peers.append(PeerConfig(**p))
         return Config(interface=iface, peers=peers, warnings=self.warnings)
 

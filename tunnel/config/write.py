@@ -57,6 +57,9 @@ def write_config(config: Config) -> str:
             lines.append("AllowedIPs = " + ", ".join(str(a) for a in p.allowed_ips))
         if p.endpoint is not None:
             lines.append(f"Endpoint = {_check_value('Endpoint', _format_endpoint(*p.endpoint))}")
+        if p.failover_endpoints:
+            others = ", ".join(_format_endpoint(*e) for e in p.failover_endpoints)
+            lines.append(f"# FailoverEndpoints = {_check_value('FailoverEndpoints', others)}")
         if p.persistent_keepalive is not None:
             lines.append(f"PersistentKeepalive = {p.persistent_keepalive or 'off'}")
         lines += _extension_lines(p.extensions)
