@@ -22,7 +22,7 @@ def test_metrics_endpoint_uses_exporter_names():
     peer = device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.8.0.2/32", "fd08::2/128"], name="alice")
     peer.rx_bytes, peer.tx_bytes, peer.last_handshake = 1000, 2000, 5.0
     stats = Stats()
-    stats.rx_packets, stats.cookie_replies = 7, 3
+    stats.rx_packets, stats.cookie_replies, stats.endpoint_switches = 7, 3, 2
     stats.drops["replayed"] = 4
     served = metrics.start("wgm", device, stats, ("127.0.0.1", 0))
     try:
@@ -38,6 +38,7 @@ def test_metrics_endpoint_uses_exporter_names():
     assert 'tunnel_drops_total{interface="wgm",reason="replayed"} 4.0' in body
     assert 'tunnel_packets_total{direction="rx",interface="wgm"} 7.0' in body
     assert 'tunnel_cookie_replies_total{interface="wgm"} 3.0' in body
+    assert 'tunnel_endpoint_switches_total{interface="wgm"} 2.0' in body
 
 
 @pytest.mark.parametrize("bad", ["nohost:", "1.2.3.4:70000", "example.com:9100"])

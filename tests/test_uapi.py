@@ -253,8 +253,12 @@ def test_show_renders_names_counters_and_never_a_private_key(ctx):
                                persistent_keepalive=25)
     peer.rx_bytes, peer.tx_bytes, peer.last_handshake = 3 * 1024 * 1024, 512, 10.0
     ctx.stats.drops["replayed"] = 2
+    assert "endpoint switches" not in show.render(uapi.extended_status(ctx), now=1_700_000_010.0)
+    ctx.stats.endpoint_switches = 3
     state = uapi.extended_status(ctx)
+    assert state["counters"]["endpoint_switches"] == 3
     text = show.render(state, now=1_700_000_010.0 + 125)
+    assert "  endpoint switches (fail-over): 3\n" in text
     assert "peer: " in text and "(alice)" in text
     assert "  endpoint: 192.0.2.1:5000" in text and "  allowed ips: 10.0.0.2/32" in text
     assert "  latest handshake: 2 minutes, 5 seconds ago" in text

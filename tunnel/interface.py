@@ -9,7 +9,8 @@ Order of bring-up (each OS change recorded in the journal before it is made):
     each role's setup: the roles whose config asks for them (the client's
     full-tunnel policy routing, DNS and kill switch for a /0 in AllowedIPs,
     as wg-quick decides), then those handed in (`tunnel server up`: NAT)
-    PostUp hooks; control socket, metrics, drop summary, roles' services; "ready"
+    PostUp hooks; control socket, metrics, drop summary, fail-over between
+    a peer's endpoints (tunnel/failover.py), roles' services; "ready"
 and on SIGINT/SIGTERM the reverse: PreDown, undo everything, PostDown.
 
 Rules kept here:
@@ -31,6 +32,7 @@ from typing import Callable, Iterable
 from . import hooks, netconfig, role, sdnotify
 from .config import Config
 from .dataplane import DataPlane, log_event
+from .failover import Failover, resolve_endpoints
 from .netconfig import DEFAULT_FWMARK
 from .protocol import Device
 from .protocol.constants import DEFAULT_MTU, OVERHEAD_IPV6
@@ -98,6 +100,7 @@ class Interface:
             {p.public_key: p.endpoint for p in config.peers if p.endpoint is not None},
             clock=self.options.clock, resolve=self.options.resolver, background=self.options.background,
             deliver=self._in_loop, ifname=self.name)
+        self.failover: Failover | None = None  # peers with several endpoints (bring_up)
 
     # ------------------------------------------------------------------
 
@@ -119,8 +122,16 @@ class Interface:
         self.fwmark = fwmark or None
 
         # Resolved once: the MTU is derived from these, and the peers get them.
-        endpoints = {p.public_key: self._resolve(p.endpoint) for p in cfg.peers if p.endpoint is not None}
-        mtu = iface.mtu or _derive_mtu(endpoints.values())
+        endpoints = {}
+        choices = {}  # peers with several endpoints: all of them, the first that resolved first
+        for p in cfg.peers:
+            if p.failover_endpoints:
+                choices[p.public_key] = self._resolve_all(p.endpoints())
+                endpoints[p.public_key] = choices[p.public_key][0].address
+            elif p.endpoint is not None:
+                endpoints[p.public_key] = self._resolve(p.endpoint)
+        every = [*endpoints.values(), *(e.address for found in choices.values() for e in found)]
+        mtu = iface.mtu or _derive_mtu(every)
         self.journal.record("link", ifname=self.name)
         try:
             self.tun = Tun(self.name, vnet_hdr=self.options.vnet_hdr, offload=self.options.vnet_hdr)
@@ -147,6 +158,13 @@ class Interface:
                 name=p.name,
             )
 
+        self.failover = Failover(self.device, self.device.counters, ifname=self.name,
+                                 follow=self.reresolver.follow)
+        now = time.monotonic()
+        for key, found in choices.items():
+            self.failover.add(self.device.peers[key], found, now)
+            self.reresolver.follow(key, (found[0].host, found[0].port))
+
         self._routes(allowed)
         self.roles = self._roles()
         for r in self.roles:
@@ -163,6 +181,8 @@ class Interface:
         assert self.plane is not None
         log_event(ev)
         self.reresolver.on_event(ev)
+        if self.failover is not None:
+            self.failover.on_event(ev)
 
     def _in_loop(self, fn: Callable[[], None]) -> None:
         assert self.plane is not None
@@ -174,6 +194,15 @@ class Interface:
             return endpoint_tuple(self.options.resolver(host, port))
         except EndpointResolutionError as exc:
             raise InterfaceError(f"cannot resolve endpoint {host}: {exc}") from None
+
+    def _resolve_all(self, endpoints: list[tuple[str, int]]):
+        """A peer's several endpoints: those that resolve, in order; an error only if none does."""
+        found, failures = resolve_endpoints(endpoints, self.options.resolver)
+        if not found:
+            raise InterfaceError("cannot resolve any endpoint of a peer: " + "; ".join(failures))
+        for failure in failures:
+            log.warning("%s: endpoint %s left out of fail-over until the next start", self.name, failure)
+        return found
 
     def _routes(self, allowed: list[str]) -> None:
         if self.table == "off":
@@ -213,6 +242,8 @@ class Interface:
                 services = start_services(self, self.roles)
             except ServiceError as exc:
                 raise InterfaceError(str(exc)) from None
+            if self.failover is not None and self.failover.watched:
+                services.append(self.failover.start(self.plane))
             for start in self.options.services:
                 services.append(start(self))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

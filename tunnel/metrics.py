@@ -6,7 +6,7 @@ dashboards work unchanged:
     wireguard_latest_handshake_seconds
         {interface, public_key, allowed_ips, friendly_name}
 and our interface counters as tunnel_* (packets, bytes, drops by reason,
-handshakes, cookie replies, peers).
+handshakes, cookie replies, endpoint switches, peers).
 
 It serves every interface that sets MetricsAddress in [Interface], client
 or server: the figures are the data plane's and the protocol core's, nothing
@@ -118,6 +118,10 @@ class TunnelCollector:
                                       labels=["interface"])
         cookies.add_metric(iface, s.cookie_replies)
         yield cookies
+        switches = CounterMetricFamily("tunnel_endpoint_switches", "Peers moved to another of their endpoints "
+                                       "(fail-over and back)", labels=["interface"])
+        switches.add_metric(iface, s.endpoint_switches)
+        yield switches
         count = GaugeMetricFamily("tunnel_peers", "Configured peers", labels=["interface"])
         count.add_metric(iface, len(peers))
         yield count

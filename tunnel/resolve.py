@@ -16,7 +16,9 @@ Rules kept here:
   clock and resolver and no wait;
 - the first failure starts the count: a name is looked up again only after
   INTERVAL seconds of failing, never on every retry; IP literals never are;
-- a peer removed meanwhile is left alone; a lookup that fails is one log line.
+- a peer removed meanwhile is left alone; a lookup that fails is one log line;
+- a peer with several endpoints is looked up under the one it uses now
+  (`follow`); an answer for the one it left is dropped.
 """
 
 from __future__ import annotations
@@ -100,6 +102,14 @@ class Reresolver:
         self.interval = interval
         self._since: dict[bytes, float] = {}  # public key -> when the failing (or the last lookup) began
 
+    def follow(self, key: bytes, endpoint: tuple[str, int]) -> None:
+        """Peer KEY now uses ENDPOINT (host, port), another of its endpoints (tunnel/failover.py)."""
+        self._since.pop(key, None)
+        if is_ip_literal(endpoint[0]):
+            self.hosts.pop(key, None)
+        else:
+            self.hosts[key] = endpoint
+
     def on_event(self, ev: Any) -> None:
         if ev.kind not in HANDSHAKE_FAILURES:
             return
@@ -124,6 +134,8 @@ class Reresolver:
                 return
 
             def apply() -> None:  # in the loop's thread: the only one that changes peers
+                if self.hosts.get(peer.public_key) != endpoint:
+                    return  # the peer moved to another of its endpoints meanwhile
                 if not peer.removed and new != peer.endpoint:
                     log.info("%s: peer %s: endpoint %s now resolves to %s", self.ifname, peer.name or "",
                              host, new[0])

@@ -82,6 +82,8 @@ def render(state: dict, now: float) -> str:
         lines.append(f"  packets: {c.get('rx_packets', 0)} received, {c.get('tx_packets', 0)} sent; "
                      f"{human_bytes(c.get('rx_bytes', 0))} received, {human_bytes(c.get('tx_bytes', 0))} sent")
         lines.append(f"  handshakes: {c.get('handshakes', 0)}; cookie replies: {c.get('cookie_replies', 0)}")
+        if c.get("endpoint_switches"):
+            lines.append(f"  endpoint switches (fail-over): {c['endpoint_switches']}")
         drops = c.get("drops") or {}
         if drops:
             lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))

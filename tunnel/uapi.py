@@ -121,7 +121,7 @@ def extended_status(ctx: Context) -> dict:
     counters: dict[str, Any] = {}
     if stats is not None:
         for key in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "cookie_replies",
-                    "handshakes_queued_max", "tun_writes", "udp_sends"):
+                    "handshakes_queued_max", "tun_writes", "udp_sends", "endpoint_switches"):
             counters[key] = getattr(stats, key, 0)
         counters["drops"] = dict(stats.drops)
     counters["handshakes"] = sum(p["handshakes"] for p in peers)

@@ -14,11 +14,12 @@ import collections
 
 class Counters:
     __slots__ = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "drops", "handshakes_queued_max",
-                 "cookie_replies", "tun_writes", "udp_sends")
+                 "cookie_replies", "tun_writes", "udp_sends", "endpoint_switches")
 
     def __init__(self) -> None:
         self.rx_packets = self.tx_packets = self.rx_bytes = self.tx_bytes = 0
         self.handshakes_queued_max = self.cookie_replies = self.tun_writes = self.udp_sends = 0
+        self.endpoint_switches = 0  # a peer moved to another of its endpoints (tunnel/failover.py)
         self.drops: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
