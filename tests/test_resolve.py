@@ -242,3 +242,23 @@ def test_interface_looks_endpoints_up_with_its_injected_clock_and_resolver(faili
     iface.plane.calls[0]()
     assert peer.endpoint == MOVED
     assert not os.listdir(tmp_path)  # nothing was brought up, nothing journalled
+
+
+def test_a_peer_with_several_endpoints_is_looked_up_under_the_one_it_uses(failing_peer):
+    device, peer, clock = failing_peer
+    resolver = Resolver({"vpnhost": MOVED, "vpn2": ("10.43.0.9", 51820)})
+    in_loop: list = []
+    rr = Reresolver({peer.public_key: ("vpnhost", 51820)}, clock=clock, resolve=resolver,
+                    background=run_now, deliver=in_loop.append)
+    fail_until(device, clock, clock() + 30, rr.on_event)
+    assert resolver.calls == [("vpnhost", 51820)] and len(in_loop) == 1
+    rr.follow(peer.public_key, ("vpn2", 51820))  # fail-over moved it before the answer came
+    in_loop.pop()()
+    assert peer.endpoint == STALE  # the answer for the endpoint it left is dropped
+    fail_until(device, clock, clock() + 30, rr.on_event)
+    assert resolver.calls[-1] == ("vpn2", 51820)
+    in_loop.pop()()
+    assert peer.endpoint == ("10.43.0.9", 51820)
+    rr.follow(peer.public_key, ("192.0.2.1", 51820))  # a literal: nothing to look up
+    fail_until(device, clock, clock() + 60, rr.on_event)
+    assert resolver.calls[-1] == ("vpn2", 51820) and in_loop == []
