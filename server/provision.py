@@ -48,6 +48,7 @@ from server.registry import (
     check_name,
     is_postgres,
     open_registry,
+    split_endpoint,
 )
 from tunnel import control
 from tunnel.config import ConfigError, parse_config
@@ -160,19 +161,10 @@ def _random_ula() -> str:
 
 
 def _split_endpoint(text: str) -> tuple[str, int | None]:
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else None
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, None
-    if not host or any(c.isspace() or c in "#/[]" for c in host):
-        raise ProvisionError(f"endpoint {text!r}: expected HOST, HOST:PORT or [IPv6]:PORT")
-    if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
-        raise ProvisionError(f"endpoint {text!r}: the port must be from 1 to 65535")
-    return host, int(port) if port is not None else None
+    try:
+        return split_endpoint(text)
+    except ValueError as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 def _network(text: str, what: str) -> str:
@@ -348,7 +340,8 @@ def add_client(directory: str | None, ifname: str | None, name: str, *, groups=(
                                          private_key=encode_key(private_key), groups=group_list,
                                          expires_at=expires_at, options=options, now=now)
         snap = srv.registry.snapshot()
-        text = render.client_config(snap.settings, client, snap.policy.text if snap.policy else None)
+        text = render.client_config(snap.settings, client, snap.policy.text if snap.policy else None,
+                                    snap.gateways)
         try:
             parse_config(text, filename=f"{name}.conf")  # what we hand out must read back
         except ConfigError as exc:
@@ -395,9 +388,12 @@ def client_config(directory: str | None, ifname: str | None, name: str) -> str:
     with _errors():
         check_name("client", name)
     with open_server(directory, ifname) as srv, _errors():
-        policy = srv.registry.policy()
-        return render.client_config(srv.registry.settings(), srv.registry.client(name),
-                                    policy.text if policy else None)
+        snap = srv.registry.snapshot()
+        client = snap.client(name)
+        if client is None:
+            raise ProvisionError(f"no client named {name!r}")
+        return render.client_config(snap.settings, client, snap.policy.text if snap.policy else None,
+                                    snap.gateways)
 
 
 @dataclass

@@ -10,10 +10,11 @@ what the daemon serves.
 from __future__ import annotations
 
 import ipaddress
+from typing import Iterable
 
 from server.layout import Local, header_lines
 from server.policy import ClientRef, PolicyError, client_settings, load_policy
-from server.registry import Client, ServerSettings, Snapshot
+from server.registry import Client, Gateway, ServerSettings, Snapshot, split_endpoint
 from tunnel.config import Config, InterfaceConfig, PeerConfig
 from tunnel.protocol.crypto import DH_PUBKEY, decode_key
 
@@ -42,20 +43,51 @@ def server_peer(c: Client) -> PeerConfig:
                       allowed_ips=[ipaddress.ip_interface(a) for a in c.addresses], name=c.name)
 
 
-def client_config(settings: ServerSettings, c: Client, policy_text: str | None = None) -> str:
+def client_endpoints(settings: ServerSettings, gateways: Iterable[Gateway] = ()) -> list[tuple[str, int]]:
+    """Where a client dials: the server's endpoint, then each gateway's own (by name), without repeats.
+
+    A gateway's endpoint is HOST, HOST:PORT or [V6]:PORT as `init --endpoint`
+    / `join --endpoint` stored it; without a port it is the server's. One
+    that cannot be read is left out (a client file must always load).
+    """
+    out = [(settings.endpoint, settings.port)]
+    for g in sorted(gateways, key=lambda g: g.name):
+        endpoint = _host_port(g.endpoint or "", settings.port)
+        if endpoint is not None and endpoint not in out:
+            out.append(endpoint)
+    return out
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int] | None:
+    try:
+        host, port = split_endpoint(text)
+    except ValueError:
+        return None
+    return host, port or default_port
+
+
+def client_config(settings: ServerSettings, c: Client, policy_text: str | None = None,
+                  gateways: Iterable[Gateway] = ()) -> str:
     """The client's own wg-quick file (what add-client and show-client print); DNS is its groups'
-    servers when the access policy (POLICY_TEXT) gives them some, else the server's pushed ones."""
+    servers when the access policy (POLICY_TEXT) gives them some, else the server's pushed ones.
+
+    With more than one gateway to dial, the others follow its Endpoint in a
+    `# FailoverEndpoints =` comment: our client fails over between them,
+    wg-quick and the official apps use the Endpoint alone.
+    """
     if not c.private_key:
         raise RenderError(f"client {c.name!r} brought its own key: the server has no config with its private key")
     dns = group_dns(policy_text, c) or [ipaddress.ip_address(d) for d in settings.dns]
     iface = InterfaceConfig(private_key=decode_key(c.private_key),
                             addresses=[ipaddress.ip_interface(a) for a in c.addresses], dns=dns)
     split = c.options.get("split")
+    first, *others = client_endpoints(settings, gateways)
     server = PeerConfig(
         public_key=DH_PUBKEY(decode_key(settings.private_key)),
         preshared_key=decode_key(c.preshared_key) if c.preshared_key else None,
         allowed_ips=[ipaddress.ip_interface(n) for n in settings.client_allowed_ips(split)],
-        endpoint=(settings.endpoint, settings.port),
+        endpoint=first,
+        failover_endpoints=others,
         persistent_keepalive=settings.keepalive or None,
     )
     return Config(interface=iface, peers=[server]).to_text()

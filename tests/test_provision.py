@@ -218,6 +218,28 @@ def test_list_shows_live_state(srv):
     assert provision.add_client(d, IF, "carol", socket_dir=sockets).addresses[0] == "10.8.0.2/32"
 
 
+def test_clients_list_every_gateway_clients_may_dial(srv, tmp_path):
+    d, run = srv
+    alone = provision.add_client(d, IF, "alice", socket_dir=run).config_text
+    assert "FailoverEndpoints" not in alone  # gw1's endpoint is the server's own
+    db = provision.paths(d, IF).db
+    provision.join_server(str(tmp_path / "gw2"), IF, db, gateway="gw2", endpoint="vpn2.example.com:4500")
+    provision.join_server(str(tmp_path / "gw3"), IF, db, gateway="gw3", endpoint="[2001:db8::3]")
+    provision.join_server(str(tmp_path / "gw0"), IF, db, gateway="gw0")  # no endpoint of its own: not dialled
+    with pytest.raises(ProvisionError, match="expected HOST, HOST:PORT"):
+        provision.join_server(str(tmp_path / "gw4"), IF, db, gateway="gw4", endpoint="a,b")
+    text = provision.add_client(str(tmp_path / "gw2"), IF, "bob", socket_dir=run).config_text
+    assert "Endpoint = vpn.example.com:51820\n# FailoverEndpoints = vpn2.example.com:4500, [2001:db8::3]:51820\n" \
+        in text
+    server = parse_config(text).peers[0]
+    assert server.endpoints() == [("vpn.example.com", 51820), ("vpn2.example.com", 4500), ("2001:db8::3", 51820)]
+    assert "FailoverEndpoints" not in parse_config(text).to_setconf_text()
+    # show-client writes what the registry holds now: alice's file lists the new gateways too
+    assert provision.client_config(d, IF, "alice") == alone.replace(
+        "Endpoint = vpn.example.com:51820\n",
+        "Endpoint = vpn.example.com:51820\n# FailoverEndpoints = vpn2.example.com:4500, [2001:db8::3]:51820\n")
+
+
 def test_a_postgres_registry_down_refuses_commands_in_one_line(tmp_path):
     from tests.pgserver import PgServer, skip_or_fail
 

@@ -23,12 +23,13 @@ from .model import (
     Snapshot,
     User,
     check_name,
+    split_endpoint,
 )
 
 __all__ = [
     "Client", "Conflict", "Gateway", "NotFound", "PeerEndpoint", "Policy", "Registry", "RegistryError",
     "RegistryUnavailable", "ServerSettings", "Session", "Snapshot", "User", "check_name", "is_postgres",
-    "open_registry",
+    "open_registry", "split_endpoint",
 ]
 
 

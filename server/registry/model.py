@@ -165,6 +165,23 @@ class PeerEndpoint:
     gateway: str | None = None
 
 
+def split_endpoint(text: str) -> tuple[str, int | None]:
+    """HOST, HOST:PORT or [IPv6]:PORT (as init/join --endpoint take it): (host, port or None); ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, None
+    if not host or any(c.isspace() or c in "#/[]," for c in host):
+        raise ValueError(f"endpoint {text!r}: expected HOST, HOST:PORT or [IPv6]:PORT")
+    if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"endpoint {text!r}: the port must be from 1 to 65535")
+    return host, int(port) if port is not None else None
+
+
 @dataclass(frozen=True)
 class Gateway:
     name: str
