@@ -6,7 +6,9 @@ client's expiry comes, every PERIOD seconds and after a lost registry,
 computes the desired peers from one snapshot and hands the *differences* to
 the data plane's thread, where they are applied with the same code the
 control socket's `set` runs (uapi.apply_set). Listeners (policy sets,
-sessions, shaping) get the same snapshot after each pass.
+sessions, shaping) get the same snapshot after each pass, online or not; a
+listener returns the wall time it wants to be called again at (a session's
+end, an idle timeout) or None, and a pass comes then whatever else happens.
 
 Rules kept here:
 - idempotent: a pass that finds nothing different changes nothing; a peer
@@ -110,7 +112,8 @@ class Reconciler:
         self._publish = on_snapshot
         self._clock = clock
         self.name = name
-        self._listeners: list[Callable[[Snapshot, float], None]] = []
+        self._listeners: list[Callable[[Snapshot, float], float | None]] = []
+        self._wake_at: float | None = None  # the earliest time a listener asked to be called again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._managed: set[bytes] = set()
@@ -120,8 +123,13 @@ class Reconciler:
         self.passes = 0  # completed passes (tests wait on it)
         self._changed = threading.Condition()
 
-    def add_listener(self, fn: Callable[[Snapshot, float], None]) -> None:
-        """fn(snapshot, now) after every pass, in the reconciler's thread; exceptions are logged."""
+    def add_listener(self, fn: Callable[[Snapshot, float], float | None]) -> None:
+        """fn(snapshot, now) after every pass, in the reconciler's thread; exceptions are logged.
+
+        It may return a wall time after `now` at which it wants another pass
+        (with the same snapshot if nothing changed, the registry's last one
+        while it is unreachable); None if it needs none.
+        """
         self._listeners.append(fn)
 
     # -- as a service of the running interface ---------------------------------------
@@ -197,11 +205,16 @@ class Reconciler:
                 self._publish(snap, now)
             except Exception:  # noqa: BLE001 - the file is a convenience; serving goes on
                 log.exception("%s: could not rewrite the generated config", self.name)
+        wake: list[float] = []
         for fn in self._listeners:
             try:
-                fn(snap, now)
+                when = fn(snap, now)
             except Exception:  # noqa: BLE001 - a listener's bug must not stop reconciling
                 log.exception("%s: a registry listener failed", self.name)
+                continue
+            if isinstance(when, (int, float)) and when > now:
+                wake.append(float(when))
+        self._wake_at = min(wake) if wake else None
         with self._changed:
             self.passes += 1
             self._changed.notify_all()
@@ -231,7 +244,7 @@ class Reconciler:
                     last_pass = time.monotonic()
                 snap = self.snapshot
                 now = self._clock()
-                due = snap.next_expiry(now)
+                due = _earliest(snap.next_expiry(now), self._wake_at)
                 wait = MAX_WAIT if due is None else max(0.0, min(MAX_WAIT, due - now))
                 revision = self.registry.wait_for_change(snap.revision, wait)
                 if revision != snap.revision:
@@ -256,12 +269,18 @@ class Reconciler:
                 self._stop.wait(RETRY[-1])
 
     def _offline(self, delay: float) -> None:
-        """Wait DELAY for the registry, still expiring clients of the last snapshot on time."""
+        """Wait DELAY for the registry, still expiring clients (and calling listeners) of the last snapshot on time."""
         end = time.monotonic() + delay
         while not self._stop.is_set() and time.monotonic() < end:
             snap = self.snapshot
             if snap is not None and self._plane is not None:
                 now = self._clock()
-                if frozenset(c.name for c in snap.active_clients(now)) != self._active:
-                    self.apply(snap, now)
+                expired = frozenset(c.name for c in snap.active_clients(now)) != self._active
+                if expired or (self._wake_at is not None and now >= self._wake_at):
+                    self._pass(snap)
             self._stop.wait(min(0.25, max(0.0, end - time.monotonic())))
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

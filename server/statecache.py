@@ -3,7 +3,10 @@
 Rules kept here: no private key is stored (the server's is in IFACE.conf and
 is put back on load; clients' are not needed to serve); the file is private
 (0600) and replaced atomically; a cache that cannot be read is ignored
-(the daemon then serves IFACE.conf as it is).
+(the daemon then serves IFACE.conf as it is). Everything the reconciler's
+listeners act on is kept (the policy, the running sessions, the gateways), so
+a gateway restarted while the registry is down enforces what it enforced.
+User accounts and login failures are not: logins need the registry anyway.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import json
 
 from server.layout import Paths
-from server.registry import Client, Gateway, ServerSettings, Snapshot
+from server.registry import Client, Gateway, Policy, ServerSettings, Session, Snapshot
 from tunnel.secrets import read_private_file, write_private_file
 
 
@@ -21,6 +24,8 @@ def save(p: Paths, snap: Snapshot) -> None:
     settings["private_key"] = ""
     clients = [dict(dataclasses.asdict(c), private_key=None) for c in snap.clients]
     data = {"revision": snap.revision, "settings": settings, "clients": clients,
+            "policy": dataclasses.asdict(snap.policy) if snap.policy is not None else None,
+            "sessions": [dataclasses.asdict(x) for x in snap.sessions],
             "gateways": [dataclasses.asdict(g) for g in snap.gateways]}
     text = json.dumps(data, indent=1) + "\n"
     try:
@@ -38,7 +43,9 @@ def load(p: Paths, private_key: str) -> Snapshot | None:
         for k in ("pools", "dns", "sites"):
             settings[k] = tuple(settings[k])
         clients = tuple(Client(**dict(c, groups=tuple(c["groups"]))) for c in data["clients"])
+        policy = Policy(**data["policy"]) if data.get("policy") else None  # caches before this had none
+        sessions = tuple(Session(**x) for x in data.get("sessions", ()))
         return Snapshot(revision=int(data["revision"]), settings=ServerSettings(**settings), clients=clients,
-                        policy=None, sessions=(), gateways=tuple(Gateway(**g) for g in data["gateways"]))
+                        policy=policy, sessions=sessions, gateways=tuple(Gateway(**g) for g in data["gateways"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None

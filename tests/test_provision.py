@@ -492,7 +492,14 @@ def test_daemon_start_without_its_registry_serves_the_last_view(srv):
     d, sockets = srv
     provision.add_client(d, IF, "temp", expires="1h", socket_dir=sockets)
     p = provision.paths(d, IF)
+    with _registry(d) as reg:  # what the policy and the sessions features keep: cached for their listeners
+        reg.set_policy("group work -> 192.168.50.0/24\n")
+        reg.add_user("ann", "hash")
+        session = reg.start_session("ann", "temp", gateway="gw1", expires_at=2e9)
+        provision.publish(p, reg.snapshot(), provision.locate(p)[0])
     snap = daemon._offline_start(p, RegistryUnavailable("registry x is unreachable"))
+    assert snap.policy is not None and snap.policy.text == "group work -> 192.168.50.0/24\n"
+    assert snap.sessions == (session,)
     assert snap.settings.pools == ("10.8.0.0/29", "fd08::/64") and snap.settings.sites == ("192.168.50.0/24",)
     assert snap.client("temp").expires_at is not None and snap.client("temp").private_key is None
     assert snap.settings.private_key == encode_key(load_config(p.conf).interface.private_key)

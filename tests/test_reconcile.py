@@ -175,6 +175,25 @@ def test_listeners_get_every_snapshot(running):
     assert _names(device) == ["alice"]
 
 
+def test_a_listener_is_called_again_when_it_asks(running):
+    admin, device, rec, clock = running
+    calls = []
+
+    def session_ends(snap, now):  # as a session listener would: "call me when this one ends"
+        calls.append(now)
+        return clock.now + 100 if len(calls) == 1 else None
+
+    rec.add_listener(session_ends)
+    admin.add_client("alice", _key())
+    assert _wait(lambda: calls)
+    time.sleep(1.5)  # two of the thread's waits: nothing is due yet
+    assert len(calls) == 1
+    clock.now += 101
+    assert _wait(lambda: len(calls) == 2)
+    time.sleep(1.5)
+    assert len(calls) == 2  # it asked for nothing more
+
+
 def test_postgres_down_keeps_serving_expires_on_time_and_catches_up():
     from tests.pgserver import PgServer, skip_or_fail
 
@@ -189,12 +208,18 @@ def test_postgres_down_keeps_serving_expires_on_time_and_catches_up():
         device = Device(SERVER_PRIVATE, wall_epoch=0.0)
         plane = LoopThread()
         rec = Reconciler(lambda: open_registry(url), clock=clock, name="wgr")
+        woken = []
+        rec.add_listener(lambda snap, now: woken.append((snap.revision, now)) or now + 200)
         rec.start(_interface(device, plane))
         try:
             assert _wait(lambda: _names(device) == ["staff", "temp"], 10)
             pg.stop()
             clock.now += 61  # expires while the registry is down: the last snapshot still says when
             assert _wait(lambda: _names(device) == ["staff"], 10)
+            assert _wait(lambda: woken[-1][1] == clock.now)  # listeners heard of it too
+            revision = woken[-1][0]
+            clock.now += 201  # and a listener's own time comes while it is still down
+            assert _wait(lambda: woken[-1][1] == clock.now, 10) and woken[-1][0] == revision
             pg.start()
             admin.add_client("late", _key())  # the admin's connection comes back by itself
             assert _wait(lambda: _names(device) == ["late", "staff"], 15)
