@@ -23,7 +23,9 @@ Rules kept here:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -316,3 +318,107 @@ def transfer(sender_ns: Netns, receiver_ns: Netns, host: str, port: int, total: 
              timeout: float = 180.0) -> TransferResult:
     """Send `total` random bytes over TCP as fast as it goes; both sides' SHA-256 returned."""
     return Transfer(sender_ns, receiver_ns, host, port, total).start().wait(timeout)
+
+
+# A download that survives its connection: the site serves a fixed pseudo-random
+# file from any offset the client asks for ("OFFSET\n"), paced; the client
+# reconnects from where it got to whenever a connection stalls for a second
+# or breaks (an application-level retry, as a browser's resumed download),
+# and prints "<bytes> <sha256> <connections>" at the end.
+_RESUMABLE_SERVER = r"""
+import random, socket, sys, threading, time
+host, port, size, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+data = random.Random(int(sys.argv[5])).randbytes(size)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, port))
+srv.listen(16)
+print("listening", flush=True)
+def serve(conn):
+    try:
+        conn.settimeout(30)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = conn.recv(64)
+            if not chunk:
+                return
+            line += chunk
+        off = int(line)
+        start, sent = time.monotonic(), 0
+        while off < size:
+            n = conn.send(data[off:off + 16384])
+            off += n
+            sent += n
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+_RESUMABLE_CLIENT = r"""
+import hashlib, socket, sys, time
+host, port, size, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+got, connections = bytearray(), 0
+deadline = time.monotonic() + limit
+while len(got) < size and time.monotonic() < deadline:
+    connections += 1
+    s = None
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        s.settimeout(1.0)
+        s.sendall(b"%d\n" % len(got))
+        while len(got) < size:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except OSError:
+        time.sleep(0.2)
+    finally:
+        if s is not None:
+            s.close()
+print(len(got), hashlib.sha256(got).hexdigest(), connections, flush=True)
+"""
+
+
+class ResumableDownload:
+    """SIZE pseudo-random bytes (SEED) from a server in `server_ns` at host:port, fetched from `client_ns`
+    with reconnects; `wait()` gives (bytes, matches, connections)."""
+
+    def __init__(self, server_ns: Netns, client_ns: Netns, host: str, port: int, size: int,
+                 rate: float, seed: int = 7, limit: float = 150.0):
+        self.server_ns, self.client_ns = server_ns, client_ns
+        self.host, self.port, self.size, self.rate, self.seed, self.limit = host, port, size, rate, seed, limit
+        self.server: subprocess.Popen[str] | None = None
+        self.client: subprocess.Popen[str] | None = None
+
+    def start(self) -> "ResumableDownload":
+        self.server = self.server_ns.popen(
+            _python_argv(_RESUMABLE_SERVER, self.host, str(self.port), str(self.size), str(self.rate),
+                         str(self.seed)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.server.stdout.readline()  # type: ignore[union-attr]
+        assert line.strip() == "listening", f"server: {line}{self.server.stderr.read()}"  # type: ignore[union-attr]
+        self.client = self.client_ns.popen(
+            _python_argv(_RESUMABLE_CLIENT, self.host, str(self.port), str(self.size), str(self.limit)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def expected_sha256(self) -> str:
+        return hashlib.sha256(random.Random(self.seed).randbytes(self.size)).hexdigest()
+
+    def wait(self) -> tuple[int, bool, int]:
+        assert self.client is not None and self.server is not None
+        try:
+            out, err = self.client.communicate(timeout=self.limit + 30)
+        finally:
+            self.server.kill()
+            self.server.wait(10)
+        assert self.client.returncode == 0, f"download exited {self.client.returncode}: {err}"
+        n, digest, connections = out.split()
+        return int(n), digest == self.expected_sha256(), int(connections)
