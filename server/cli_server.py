@@ -102,7 +102,8 @@ def _shown(location: str) -> str:
 @server.command()
 @click.option("--registry", required=True, metavar="URL", help="The registry of the server to join (postgresql://...).")
 @click.option("--name", "gateway", default=None, metavar="NAME", help="This gateway's name (default: host name).")
-@click.option("--endpoint", default=None, metavar="HOST[:PORT]", help="The address clients may dial for this gateway.")
+@click.option("--endpoint", default=None, metavar="HOST[:PORT]",
+              help="This gateway's own address: client files list it to fail over to (# FailoverEndpoints).")
 @click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics there.")
 @click.option("--force", is_flag=True, help="Replace this machine's existing IFACE.conf.")
 @_DIR
