@@ -219,6 +219,20 @@ def test_a_client_that_starts_while_the_first_is_down_moves_on(gws):
     assert gws.gw2.packets() and not gws.gw1.packets()
 
 
+def test_an_endpoint_set_by_hand_stands(gws, caplog):
+    caplog.set_level(logging.INFO, logger="tunnel")
+    gws.run(2)
+    assert gws.gw1.packets()
+    gws.peer.endpoint = gws.gw2.endpoint  # as `wg set IF peer KEY endpoint 192.0.2.3:51820` does
+    gws.run(2)  # the next look starts a handshake there: gw1's session is no use to gw2
+    assert gws.peer.endpoint == gws.gw2.endpoint and gws.failover.watched[gws.peer.public_key].chooser.index == 1
+    assert gws.client.counters.endpoint_switches == 0 and gws.gw2.packets()
+    assert "set to 192.0.2.3:51820 (endpoint 2 of 2)" in caplog.text
+    gws.run(2 * SILENCE)  # gw1's late passive keepalive does not take it back; gw2 answers
+    assert gws.peer.endpoint == gws.gw2.endpoint and gws.client.counters.endpoint_switches == 0
+    assert gws.gw2.packets() and not gws.gw1.packets()
+
+
 def test_a_removed_peer_is_forgotten(gws):
     gws.run(1)
     gws.client.device.remove_peer(gws.peer.public_key)

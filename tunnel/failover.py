@@ -23,6 +23,8 @@ with sessions of its own. Per peer with more than one endpoint:
   the one we left, a keepalive from an old session), so sending there would be
   sending into the void. A roam to an address not listed is taken as the
   current endpoint's new address (its name resolved anew, a NAT on the way).
+  An endpoint set on purpose (`wg set`) to another listed one stands: the
+  choice starts from it, with a handshake there.
 
 Rules kept here:
 - `Chooser` decides and nothing else: the caller's time and what it read from
@@ -117,6 +119,13 @@ class Chooser:
         self._last_probe = float("-inf")
         self._probe = None
 
+    def chose(self, index: int, now: float) -> None:
+        """Someone put the peer on endpoint INDEX on purpose (`wg set ... endpoint`): start from there."""
+        self.index = index
+        self._waiting_since = None
+        self._last_probe = now
+        self._probe = None
+
     def moved(self, index: int, now: float) -> bool:
         """The peer roamed to endpoint INDEX: True to stay there (our probe's answer), False to go back."""
         if index == self.index:
@@ -203,7 +212,7 @@ class Failover:
             if peer.removed:
                 del self.watched[key]
                 continue
-            self._follow_peer(w, now)
+            self._follow_peer(w, now, roamed=False)
             decision = w.chooser.observe(now, peer.rx_bytes + peer.handshakes_completed, peer.awaiting_reply)
             if isinstance(decision, Switch):
                 self._switch(w, decision.index, now)
@@ -222,7 +231,7 @@ class Failover:
             return
         w = self.watched.get(ev.peer.public_key)
         if w is not None and w.peer is ev.peer:
-            self._follow_peer(w, self._clock())
+            self._follow_peer(w, self._clock(), roamed=True)
 
     def _switch(self, w: _Watched, index: int, now: float) -> None:
         target = w.endpoints[index]
@@ -234,8 +243,9 @@ class Failover:
         log.warning("%s: peer %s: nothing from %s for %.0f s: switched to %s (endpoint %d of %d)", self.ifname,
                     peer_name(w.peer), format_endpoint(old), w.chooser.silence, target, index + 1, len(w.endpoints))
 
-    def _follow_peer(self, w: _Watched, now: float) -> None:
-        """The peer's endpoint moved without us (the core roamed it, re-resolution): keep it or put ours back."""
+    def _follow_peer(self, w: _Watched, now: float, roamed: bool) -> None:
+        """The peer's endpoint moved without us: the core ROAMED it (keep it or put ours back), or
+        someone set it (`wg set`, re-resolution: the tick finds it, and it stands)."""
         current = w.endpoints[w.chooser.index]
         address = w.peer.endpoint
         if address is None or address == current.address:
@@ -244,13 +254,18 @@ class Failover:
         if index is None:  # where the current endpoint is now
             current.address = address
             return
-        if w.chooser.moved(index, now):
+        if not roamed:  # another gateway: a handshake there, as after any switch
+            w.chooser.chose(index, now)
+            self._perform(self.device.switch_endpoint(w.peer, address, now), now)
+            log.info("%s: peer %s: set to %s (endpoint %d of %d)", self.ifname, peer_name(w.peer),
+                     w.endpoints[index], index + 1, len(w.endpoints))
+        elif w.chooser.moved(index, now):
             self.counters.endpoint_switches += 1
             target = w.endpoints[index]
             if self._follow is not None:
                 self._follow(w.peer.public_key, (target.host, target.port))
             log.info("%s: peer %s: %s answers again: back on it (endpoint %d of %d)", self.ifname,
-                        peer_name(w.peer), target, index + 1, len(w.endpoints))
+                     peer_name(w.peer), target, index + 1, len(w.endpoints))
         else:
             log.debug("%s: peer %s: a packet from %s, which holds none of our session: staying on %s",
                       self.ifname, peer_name(w.peer), w.endpoints[index], current)
