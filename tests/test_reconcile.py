@@ -175,6 +175,21 @@ def test_listeners_get_every_snapshot(running):
     assert _names(device) == ["alice"]
 
 
+def test_a_policy_and_sessions_from_another_connection_reach_listeners_within_2s(running):
+    """What the policy and session features listen for travels as every other change does."""
+    admin, device, rec, clock = running
+    seen = []
+    rec.add_listener(lambda snap, now: seen.append(snap))
+    admin.add_client("alice", _key())
+    admin.add_user("ann", "hash")
+    policy = admin.set_policy("group work -> 10.60.0.0/24\n")
+    assert _wait(lambda: seen and seen[-1].policy == policy)
+    session = admin.start_session("ann", "alice", gateway="gw2")
+    assert _wait(lambda: [x.id for x in seen[-1].sessions] == [session.id])
+    admin.end_session(session.id, "logout")
+    assert _wait(lambda: seen[-1].sessions == ())
+
+
 def test_a_listener_is_called_again_when_it_asks(running):
     admin, device, rec, clock = running
     calls = []
