@@ -44,7 +44,7 @@ def load(p: Paths, private_key: str) -> Snapshot | None:
             settings[k] = tuple(settings[k])
         clients = tuple(Client(**dict(c, groups=tuple(c["groups"]))) for c in data["clients"])
         policy = Policy(**data["policy"]) if data.get("policy") else None  # caches before this had none
-        sessions = tuple(Session(**x) for x in data.get("sessions", ()))
+        sessions = tuple(Session(**dict(x, groups=tuple(x.get("groups", ())))) for x in data.get("sessions", ()))
         return Snapshot(revision=int(data["revision"]), settings=ServerSettings(**settings), clients=clients,
                         policy=policy, sessions=sessions, gateways=tuple(Gateway(**g) for g in data["gateways"]))
     except (OSError, ValueError, TypeError, KeyError):

@@ -495,7 +495,7 @@ def test_daemon_start_without_its_registry_serves_the_last_view(srv):
     with _registry(d) as reg:  # what the policy and the sessions features keep: cached for their listeners
         reg.set_policy("group work -> 192.168.50.0/24\n")
         reg.add_user("ann", "hash")
-        session = reg.start_session("ann", "temp", gateway="gw1", expires_at=2e9)
+        session = reg.start_session("ann", "temp", gateway="gw1", expires_at=2e9, groups=("work",))
         provision.publish(p, reg.snapshot(), provision.locate(p)[0])
     snap = daemon._offline_start(p, RegistryUnavailable("registry x is unreachable"))
     assert snap.policy is not None and snap.policy.text == "group work -> 192.168.50.0/24\n"
