@@ -265,7 +265,13 @@ def test_web_login_in_a_real_browser_through_the_tunnel(netns_factory, tmp_path)
                 browser.find_element(By.ID, "user").send_keys("dana")
                 browser.find_element(By.ID, "password").send_keys("dana's password")
                 browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-                body = browser.find_element(By.TAG_NAME, "body").text
+                # The form posts and a new page loads: wait for it (the old page's elements go stale).
+                from selenium.common.exceptions import StaleElementReferenceException
+                from selenium.webdriver.support.ui import WebDriverWait
+
+                body = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+                    lambda d: (lambda text: text if "logged in" in text else None)(
+                        d.find_element(By.TAG_NAME, "body").text))
                 shot = artifacts / "login-through-tunnel.png"
                 browser.save_screenshot(str(shot))
                 print(f"screenshot: {shot}")
