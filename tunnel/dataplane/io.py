@@ -11,12 +11,18 @@ Rules kept here:
 - a read gives many packets' worth when the kernel offers it: a TUN
   super-packet (TSO/USO, behind the vnet header) or a UDP GRO train;
 - a write takes many packets' worth: a UDP GSO train of equal-sized
-  datagrams (only the last may be shorter), a TUN super-packet.
+  datagrams (only the last may be shorter), a TUN super-packet;
+- a TUN whose interface was deleted (`ip link del`, or its namespace went)
+  reads EBADFD, as Linux's does: the loop then ends (TunGone).
 """
 
 from __future__ import annotations
 
 from typing import Protocol, Sequence
+
+
+class TunGone(Exception):
+    """The TUN device's interface no longer exists: the loop has nothing left to serve."""
 
 
 class TunDevice(Protocol):

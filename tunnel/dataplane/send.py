@@ -25,6 +25,7 @@ from ..protocol.errors import NO_ROUTE
 from ..protocol.transport import datagram_size, seal
 from ..udp import MAX_GSO_BYTES, MAX_GSO_SEGMENTS
 from . import drops as D
+from .io import TunGone
 
 log = logging.getLogger("tunnel")
 
@@ -98,6 +99,9 @@ class Sender:
             except OSError as exc:
                 if exc.errno in (errno.EINTR, errno.EAGAIN):
                     break
+                if exc.errno == errno.EBADFD:
+                    self.flush()
+                    raise TunGone() from None
                 raise
             budget -= n
             if vnet:
