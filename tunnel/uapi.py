@@ -161,6 +161,7 @@ def extended_status(ctx: Context) -> dict:
         "public_key": encode_key(device.public_key) if device.public_key is not None else None,
         "listen_port": ctx.listen_port,
         "fwmark": ctx.fwmark,
+        "mtu": device.mtu,
         "peers": peers,
         "counters": counters,
     }
