@@ -55,3 +55,52 @@ def test_periodic_work_runs_in_the_loop_at_its_interval():
         assert [round(t - start, 1) for t in calls] == [1.0, 2.0, 3.0]
     finally:
         pair.close()
+
+
+def _udp4(src: str, dst: str, sport: int, dport: int, payload: bytes = b"\x04\0\0\0" + bytes(40)) -> bytes:
+    import ipaddress
+
+    from ..helpers.packets import udp_dgram
+
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    return ipv4_packet(src, dst, udp_dgram(s, d, payload, sport=sport, dport=dport))
+
+
+def _udp6(src: str, dst: str, sport: int, dport: int, payload: bytes = b"\x04\0\0\0" + bytes(40)) -> bytes:
+    import ipaddress
+
+    from ..helpers.packets import ipv6_packet, udp_dgram
+
+    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
+    return ipv6_packet(src, dst, udp_dgram(s, d, payload, sport=sport, dport=dport))
+
+
+def test_our_own_datagram_routed_back_into_the_tunnel_is_dropped_not_sealed_again():
+    """The classic loop: a peer's endpoint inside its AllowedIPs with no policy routing (the kernel says ELOOP)."""
+    pair = PlanePair()
+    a, b = pair.sides
+    try:
+        a.tun.inject(vnet_plain(ipv4_packet(a.address4, b.address4, b"hello")))
+        pair.settle()
+        assert len(b.packets()) == 1
+        peer = a.peer_of(b)
+        a.device.allowed_ips.insert("192.0.2.0/24", peer)  # b's endpoint, 192.0.2.2:51820, is routed to b
+        a.device.allowed_ips.insert("2001:db8::/32", peer)
+        port = a.bind.port  # 51820, as the endpoint's
+        looped = [_udp4(a.address4, "192.0.2.2", port, 51820)]
+        others = [_udp4(a.address4, "192.0.2.2", port + 1, 51820),   # another program's port
+                  _udp4(a.address4, "192.0.2.2", port, 9),           # ours, but not to the endpoint
+                  _udp4(a.address4, "192.0.2.3", port, 51820)]       # ours, to another address
+        for packet in looped + others:
+            a.tun.inject(vnet_plain(packet))
+        pair.settle()
+        assert a.counters.drops["routing_loop"] == 1
+        assert len(b.packets()) == len(others)
+        # The same over IPv6, with the endpoint there.
+        peer.endpoint = ("2001:db8::2", 51820, 0, 0)
+        a.tun.inject(vnet_plain(_udp6(a.address6, "2001:db8::2", port, 51820)))
+        a.tun.inject(vnet_plain(_udp6(a.address6, "2001:db8::3", port, 51820)))
+        a.plane.service([a.tun.fd], pair.clock.now)
+        assert a.counters.drops["routing_loop"] == 2
+    finally:
+        pair.close()
