@@ -34,6 +34,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -129,6 +130,9 @@ def create(name: str, *, socket_dir: str = control.SOCKET_DIR, vnet_hdr: bool = 
         try:
             tun = Tun(name, vnet_hdr=vnet_hdr, offload=vnet_hdr)
         except TunError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise DropInError(f"cannot create {name}: permission denied (a TUN device needs root "
+                                  "or CAP_NET_ADMIN)") from None
             raise DropInError(f"cannot create {name}: {exc.strerror or exc}") from None
         made.append(tun)
         try:

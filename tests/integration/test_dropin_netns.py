@@ -401,3 +401,101 @@ def test_low_order_public_keys_are_peers_never_handshaked_with(netns_factory, tm
             listener.recv(100)
     finally:
         listener.close()
+
+
+# -- behind NAT; a wg-quick-style policy route -------------------------------------------
+
+
+def _peers_in(n1: Netns, n2: Netns, workdir: str) -> tuple[DropIn, DropIn, str, str]:
+    """A daemon in each of N1 and N2 (its socket at home there), addresses and keys as the main pair's."""
+    w1, w2 = start_dropin(n1, workdir), start_dropin(n2, workdir)
+    (key1, pub1), (key2, pub2) = genkey(), genkey()
+    for ns, w, a4, a6 in ((n1, w1, ADDR1, ADDR1_6), (n2, w2, ADDR2, ADDR2_6)):
+        ns.addr(w.ifname, f"{a4}/24")
+        ns.addr(w.ifname, f"{a6}/112")
+    w1.set("private-key", keyfile(workdir, key1), "listen-port", "1", "peer", pub2,
+           "allowed-ips", f"{ADDR2}/32,{ADDR2_6}/128")
+    w2.set("private-key", keyfile(workdir, key2), "listen-port", "2", "peer", pub1,
+           "allowed-ips", f"{ADDR1}/32,{ADDR1_6}/128")
+    n1.link_up(w1.ifname)
+    n2.link_up(w2.ifname)
+    return w1, w2, pub1, pub2
+
+
+def test_behind_nat_with_persistent_keepalive_then_a_wg_quick_policy_route(netns_factory, tmp_path):
+    """
+        +------- [n1] -------+      +------------- [n0] router -------------+      +------- [n2] -------+
+        | w1 192.168.241.1   |      | r-n1 192.168.1.1/24   r-n2 10.0.0.1/24 |      | w2 192.168.241.2   |
+        | n1-r 192.168.1.100 +------+ SNAT 192.168.1.0/24 -> 10.0.0.1       +------+ n2-r 10.0.0.100    |
+        +--------------------+      | UDP conntrack forgets after 2 s        |      +--------------------+
+    """
+    topo = netns_factory("wdt")
+    n0, n1, n2 = topo.netns("n0"), topo.netns("n1"), topo.netns("n2")
+    n1.link_veth(n0, "192.168.1.100/24", "192.168.1.1/24", name="n1-r", other_name="r-n1")
+    n2.link_veth(n0, "10.0.0.100/24", "10.0.0.1/24", name="n2-r", other_name="r-n2")
+    n1.route("default", "via", "192.168.1.1")
+    n0.sysctl("net.ipv4.ip_forward", 1)
+    n0.run(["nft", "add table ip wdnat; add chain ip wdnat post { type nat hook postrouting priority 100; }; "
+            "add rule ip wdnat post ip saddr 192.168.1.0/24 ip daddr 10.0.0.0/24 snat to 10.0.0.1"])
+    n0.sysctl("net.netfilter.nf_conntrack_udp_timeout", 2)
+    n0.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", 2)
+    w1, w2, pub1, pub2 = _peers_in(n1, n2, str(tmp_path))
+
+    w1.set("peer", pub2, "endpoint", "10.0.0.100:2", "persistent-keepalive", "1")
+    flood_ping(n1, ADDR2, count=1)
+    flood_ping(n2, ADDR1, count=1)
+    assert w2.show("endpoints") == f"{pub1}\t10.0.0.1:1"  # what the NAT made of w1's socket
+    # Longer than the router remembers an idle UDP flow: w1's keepalives keep it, so w2 still gets through.
+    time.sleep(3)
+    flood_ping(n2, ADDR1, count=1)
+    w1.set("peer", pub2, "persistent-keepalive", "0")
+
+    # wg-quick's full tunnel, by hand: w1's own UDP is marked and leaves by the main table; the rest goes in.
+    n1.run(["ip", "-6", "addr", "add", "fc00::9/96", "dev", "n1-r", "nodad"])
+    n1.route("-6", "default", "via", "fc00::1")
+    n2.addr(w2.ifname, "192.168.99.7/32")
+    n2.addr(w2.ifname, "abab::1111/128")
+    w1.set("fwmark", "51820", "peer", pub2, "allowed-ips", "192.168.99.7,abab::1111")
+    assert w1.show("fwmark") == "0xca6c"
+    for family in ("-4", "-6"):
+        n1.run(["ip", family, "route", "add", "default", "dev", w1.ifname, "table", "51820"])
+        n1.run(["ip", family, "rule", "add", "not", "fwmark", "51820", "table", "51820"])
+        n1.run(["ip", family, "rule", "add", "table", "main", "suppress_prefixlength", "0"])
+    n1.sysctl("net.ipv4.conf.n1-r.rp_filter", 0)
+    flood_ping(n1, "192.168.99.7", count=100)
+    flood_ping(n1, "abab::1111", count=100)
+
+
+def test_the_source_address_falls_over_when_it_is_removed(netns_factory, tmp_path):
+    """
+        +------------ [n1] ------------+          +------------ [n2] ------------+
+        | w1   n1-n2 10.0.0.1/24       +----------+ n2-n1 10.0.0.2/24        w2  |
+        |            fd00:aa::1/96     |          |       fd00:aa::2/96          |
+        +------------------------------+          +------------------------------+
+
+    The address w1's datagrams left from is removed: they leave from the one that is left, and w2
+    roams to it. Ours sends from unbound sockets and lets the kernel choose the source of every
+    datagram, so this holds for IPv4 and IPv6 alike; Debian's wireguard-go, which keeps sending
+    from the address it last used (a sticky source), recovers only on IPv6.
+    """
+    topo = netns_factory("wds")
+    n1, n2 = topo.netns("n1"), topo.netns("n2")
+    for ns in (n1, n2):
+        ns.sysctl("net.ipv6.conf.all.accept_dad", 0)
+    n1.link_veth(n2, ["10.0.0.1/24", "fd00:aa::1/96"], ["10.0.0.2/24", "fd00:aa::2/96"])
+    n1.sysctl("net.ipv4.conf.n1-n2.promote_secondaries", 1)
+    w1, w2, pub1, pub2 = _peers_in(n1, n2, str(tmp_path))
+
+    w1.set("peer", pub2, "endpoint", "10.0.0.2:2")
+    flood_ping(n1, ADDR2, count=1)
+    n1.ip("addr", "add", "10.0.0.10/24", "dev", "n1-n2")
+    n1.ip("addr", "del", "10.0.0.1/24", "dev", "n1-n2")
+    flood_ping(n1, ADDR2, count=1)
+    assert w2.show("endpoints") == f"{pub1}\t10.0.0.10:1"
+
+    w1.set("peer", pub2, "endpoint", "[fd00:aa::2]:2")
+    flood_ping(n1, ADDR2, count=1)
+    n1.ip("addr", "add", "fd00:aa::10/96", "dev", "n1-n2", "nodad")
+    n1.ip("addr", "del", "fd00:aa::1/96", "dev", "n1-n2")
+    flood_ping(n1, ADDR2, count=1)
+    assert w2.show("endpoints") == f"{pub1}\t[fd00:aa::10]:1"
