@@ -61,3 +61,11 @@ class Bind(Protocol):
 
     def kernel_drops(self) -> int:
         """Datagrams dropped before they could be read, so far (a counter that only grows, modulo 2**32)."""
+
+    # Only for an interface whose listen port and fwmark change while it runs (tunnel-wg):
+
+    def rebind(self, port: int) -> tuple[list[int], list[int]]:
+        """Listen on PORT (0: any) from now on: (descriptors opened, descriptors closed); OSError changes nothing."""
+
+    def set_fwmark(self, mark: int) -> None:
+        """Mark every datagram sent from now on with MARK (0: none)."""
