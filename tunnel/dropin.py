@@ -47,6 +47,7 @@ from .dataplane import DataPlane, log_event
 from .protocol import Device
 from .protocol.constants import DEFAULT_MTU
 from .tun import Tun, TunError
+from .udp import UdpEndpoint
 
 log = logging.getLogger("tunnel")
 
@@ -75,7 +76,7 @@ class DropIn:
 
     name: str
     tun: Tun
-    udp: object  # tunnel.udp.UdpEndpoint
+    udp: UdpEndpoint
     device: Device
     plane: DataPlane
     server: control.ControlServer
@@ -112,12 +113,8 @@ class DropIn:
                 log.warning("%s: closing: %s", self.name, exc)
 
 
-
 def create(name: str, *, socket_dir: str = control.SOCKET_DIR, vnet_hdr: bool = True) -> DropIn:
     """The TUN link NAME, a UDP port, a keyless Device, the UAPI socket; DropInError if any cannot be had."""
-    # Imported here: tunnel.udp pulls in nothing heavy, but keep start-up to what is used.
-    from .udp import UdpEndpoint
-
     check_name(name)
     try:
         socket.if_nametoindex(name)
@@ -174,6 +171,7 @@ def create(name: str, *, socket_dir: str = control.SOCKET_DIR, vnet_hdr: bool = 
     plane.add_reader(server.fileno(), server.on_readable)
     plane.add_reader(watch.fileno(), watch.on_readable)
     plane.every(1.0, watch.tick)
+    log.info("%s: created, UDP port %d, no key yet: configure it with wg and ip", name, udp.port)
     return DropIn(name, tun, udp, device, plane, server, watch, context)
 
 
