@@ -63,7 +63,7 @@ def test_stock_wg_quick_full_tunnel_up_and_down(netns_factory, tmp_path):
     s.addr("lo", "10.99.0.1/32")
     s.addr("lo", "fd99::1/128")
     ck, sk = genkey(), genkey()
-    wireguard_go(s, topo.unique_ifname("wq"), sk[0], PORT, [WgPeer(ck[1], ["10.32.0.1/32", "fd32::1/128"])],
+    wireguard_go(s, topo.unique_ifname("wdg"), sk[0], PORT, [WgPeer(ck[1], ["10.32.0.1/32", "fd32::1/128"])],
                  address=["10.32.0.2/24", "fd32::2/64"])
     ifname = topo.unique_ifname("wd")
     config = write_config(str(tmp_path / "conf"), ifname, "\n".join([
