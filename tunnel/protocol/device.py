@@ -4,16 +4,9 @@ Bytes and time in, actions out:
     receive_datagram(data, endpoint, now, under_load)  a UDP datagram arrived
     send_packet(packet, now)                          the TUN device gave us an IP packet
     tick(now)                                         timers; call at next_deadline()
-- our own misuse (bad key sizes, unknown peers) raises LocalError;
-- endpoints come from two places: what the caller sets (`set_endpoint`,
-  as `wg set` does, or failover.py choosing the next listed one) and what
-  the core learns from authenticated packets (roaming); a Roamed event
-  says each time the core changed one itself, so a caller that keeps its
-  own choice can tell the two apart;
-- a Device may have no private key (wireguard-go's interface before its
-  first `wg set private-key`, or after `private-key /dev/null`): it keeps
-  its peers and drops everything quietly under NO_PRIVATE_KEY, since no
-  handshake can be made or answered without one.
+    switch_endpoint(peer, endpoint, now)              send to another endpoint of the peer
+    probe(peer, endpoint, now)                        try one without moving the peer
+    set_private_key(key, now)                         our static key changed (or went)
 
 Rules kept here:
 - nothing here does I/O or reads a clock; `now` is the caller's monotonic
@@ -51,6 +44,7 @@ from .constants import (
 )
 from .cookie import CookieChecker
 from .counters import Counters
+from .crypto import clamp
 from .errors import (
     NO_PRIVATE_KEY,
     NO_ROUTE,
@@ -63,7 +57,6 @@ from .errors import (
 )
 from .keypair import Keypair
 from .messages import CookieReply, Initiation, Response, message_type
-from .crypto import clamp
 from .noise import StaticIdentity, consume_initiation
 from .peer import Peer
 from .ratelimiter import RateLimiter
