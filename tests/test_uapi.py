@@ -121,8 +121,12 @@ def test_bad_set_is_refused_whole_with_negative_errno(ctx, lines, code):
     assert ctx.device.peers == {}
 
 
-def test_peer_with_our_own_key_is_refused(ctx):
-    assert _set(ctx, f"public_key={ctx.device.public_key.hex()}") == f"errno=-{errno.EINVAL}\n\n"
+def test_a_peer_with_our_own_key_is_ignored_as_wireguard_does(ctx):
+    other = DH_PUBKEY(_key())
+    answer = _set(ctx, f"public_key={ctx.device.public_key.hex()}", "allowed_ip=10.0.0.9/32",
+                  f"public_key={other.hex()}", "allowed_ip=10.0.0.8/32")
+    assert answer == "errno=0\n\n"
+    assert list(ctx.device.peers) == [other]
 
 
 @pytest.mark.parametrize("bad", ["1.2.3.4", "host.example:51820", "[fd00::1]:99999", "1.2.3.4:x"])
@@ -266,3 +270,121 @@ def test_show_renders_names_counters_and_never_a_private_key(ctx):
     assert "drops: replayed 2" in text
     assert ctx.private_key.hex() not in text
     assert show.ago(0, 5.0) == "never"
+
+
+# --- an interface whose key, port and fwmark change while running (tunnel-wg) --------
+
+
+class FakeSockets:
+    """What uapi.Live drives: the data plane's sockets. Port 4242 is "taken"."""
+
+    def __init__(self):
+        self.port = 51820
+        self.fwmark = 0
+        self.calls: list[tuple] = []
+
+    def rebind(self, port: int) -> int:
+        self.calls.append(("rebind", port))
+        if port == 4242:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        self.port = port or 40000
+        return self.port
+
+    def set_fwmark(self, mark: int) -> None:
+        self.calls.append(("fwmark", mark))
+        self.fwmark = mark
+
+
+@pytest.fixture
+def live():
+    device = Device(None, wall_epoch=1_700_000_000.0)
+    sockets = FakeSockets()
+    c = uapi.Context(device=device, private_key=None, listen_port=51820, fwmark=0, now=Clock(), stats=Stats(),
+                     name="wgt", live=uapi.Live(sockets.rebind, sockets.set_fwmark))
+    c.sockets = sockets  # type: ignore[attr-defined]
+    return c
+
+
+def test_without_a_key_get_has_no_private_key_line(live):
+    text = uapi.handle("get=1", live)
+    assert text == "listen_port=51820\nerrno=0\n\n"
+    assert json.loads(uapi.handle("get=tunnel", live)[5:].split("\n")[0])["public_key"] is None
+
+
+def test_a_key_is_taken_clamped_as_wg_shows_it_and_removed_with_zeros(live):
+    raw = bytes([0xFF]) + _key()[1:31] + bytes([0xFF])  # low bits of the first byte and the top bit set
+    assert _set(live, f"private_key={raw.hex()}") == "errno=0\n\n"
+    clamped = bytes([0xF8]) + raw[1:31] + bytes([0x7F])
+    assert live.device.private_key == clamped and live.private_key == clamped
+    assert uapi.handle("get=1", live).startswith(f"private_key={clamped.hex()}\n")
+    assert live.device.public_key == DH_PUBKEY(clamped)
+    assert _set(live, f"private_key={'00' * 32}") == "errno=0\n\n"
+    assert live.device.private_key is None and live.device.public_key is None
+    assert not uapi.handle("get=1", live).startswith("private_key=")
+
+
+def test_a_new_key_removes_the_peer_that_has_its_public_key(live):
+    key = _key()
+    pub = DH_PUBKEY(key)
+    assert _set(live, f"public_key={pub.hex()}") == "errno=0\n\n"
+    assert list(live.device.peers) == [pub]
+    assert _set(live, f"private_key={key.hex()}") == "errno=0\n\n"
+    assert live.device.peers == {}
+    # ... and a peer with it is ignored from then on.
+    assert _set(live, f"public_key={pub.hex()}") == "errno=0\n\n"
+    assert live.device.peers == {}
+
+
+def test_listen_port_and_fwmark_change_the_sockets(live):
+    assert _set(live, "listen_port=51821", "fwmark=51820") == "errno=0\n\n"
+    assert live.sockets.calls == [("rebind", 51821), ("fwmark", 51820)]
+    text = uapi.handle("get=1", live)
+    assert "listen_port=51821\nfwmark=51820\n" in text
+    # What wg setconf sends again unchanged moves nothing.
+    assert _set(live, "listen_port=51821", "fwmark=51820") == "errno=0\n\n"
+    assert len(live.sockets.calls) == 2
+    assert _set(live, "listen_port=0", "fwmark=0") == "errno=0\n\n"
+    assert live.listen_port == 40000 and live.fwmark == 0
+
+
+def test_a_port_in_use_refuses_the_whole_request(live):
+    pub = DH_PUBKEY(_key())
+    key = _key()
+    answer = _set(live, f"private_key={key.hex()}", "listen_port=4242", "fwmark=7", f"public_key={pub.hex()}")
+    assert answer == f"errno=-{errno.EADDRINUSE}\n\n"
+    assert live.listen_port == 51820 and live.fwmark == 0 and live.private_key is None
+    assert live.device.peers == {} and live.sockets.calls == [("rebind", 4242)]
+
+
+def test_allowed_ips_parse_and_print_as_ipaddress_does():
+    import ipaddress
+    import random
+
+    rnd = random.Random(14)
+    texts = ["0.0.0.0/0", "::/0", "10.1.2.3/32", "10.1.2.3", "fd00::1", "::ffff:1.2.3.4/128", "1.2.3.4/24",
+             "fe80::1:2:3:4/64", "2001:db8::/32", "255.255.255.255/31"]
+    for _ in range(2000):
+        if rnd.random() < 0.5:
+            texts.append(f"{ipaddress.IPv4Address(rnd.getrandbits(32))}/{rnd.randint(0, 32)}")
+        else:
+            texts.append(f"{ipaddress.IPv6Address(rnd.getrandbits(128))}/{rnd.randint(0, 128)}")
+    for text in texts:
+        shown = uapi.format_prefix(*uapi._prefix(text))
+        # inet_ntop writes a v4-mapped address as ::ffff:1.2.3.4, ipaddress as ::ffff:102:304: the same prefix.
+        assert ipaddress.ip_network(shown) == ipaddress.ip_network(text, strict=False), text
+    for bad in ["1.2.3.4/33", "fd00::/129", "1.2.3/8", "01.2.3.4/8", "x/1", "1.2.3.4/-1"]:
+        with pytest.raises(uapi.UapiError):
+            uapi._prefix(bad)
+
+
+def test_a_big_set_request_round_trips(live):
+    """The selftest's 255 x 256 x 2 allowed IPs for one peer, in one request (measured: well under 2 s)."""
+    pub = DH_PUBKEY(_key())
+    lines = [f"public_key={pub.hex()}", "replace_allowed_ips=true"]
+    for a in range(1, 256):
+        for b in range(256):
+            lines += [f"allowed_ip={a}.{b}.0.0/16", f"allowed_ip={a}::{b:x}/128"]
+    assert _set(live, *lines) == "errno=0\n\n"
+    got = [line for line in uapi.handle("get=1", live).split("\n") if line.startswith("allowed_ip=")]
+    assert len(got) == 255 * 256 * 2
+    assert got[0] == "allowed_ip=1.0.0.0/16" and got[-1] == "allowed_ip=255::ff/128"

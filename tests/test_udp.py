@@ -69,3 +69,48 @@ def test_the_socket_filter_drops_what_cannot_be_a_message_and_counts_it():
         tx.sendto(b"\xff" * 10, ("127.0.0.1", ep.port))
         select.select(ep.fds(), [], [], 2)
         assert ep.recv(ep.fds()[0], bytearray(100))[0] == 10
+
+
+def test_rebind_moves_to_the_new_port_and_a_taken_port_changes_nothing():
+    import errno
+    import select
+
+    import pytest
+
+    with UdpEndpoint(0, host4="127.0.0.1", v6=False) as ep, _sink() as tx, _sink() as taken:
+        old_port, old_fds = ep.port, ep.fds()
+        opened, closed = ep.pin([("127.0.0.1", tx.getsockname()[1])])
+        assert opened and ep.pinned()
+        with pytest.raises(OSError) as exc:
+            ep.rebind(taken.getsockname()[1])
+        assert exc.value.errno == errno.EADDRINUSE
+        assert ep.port == old_port and ep.pinned() and set(old_fds) <= set(ep.fds())
+        opened, closed = ep.rebind(0)
+        assert ep.port != old_port and ep.pinned() == []
+        assert set(old_fds) <= set(closed) and len(closed) == len(old_fds) + 1 and set(opened) == set(ep.fds())
+        assert ep.rebind(ep.port) == ([], [])  # the port it has: nothing to do
+        tx.sendto(b"\x04\0\0\0" + b"y" * 28, ("127.0.0.1", ep.port))
+        select.select(ep.fds(), [], [], 2)
+        assert ep.recv(ep.fds()[0], bytearray(100))[0] == 32
+        # The old port is free again.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", old_port))
+        probe.close()
+
+
+def test_set_fwmark_marks_every_socket_and_those_pinned_later():
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("SO_MARK needs CAP_NET_ADMIN")
+    with UdpEndpoint(0, host4="127.0.0.1", v6=False) as ep, _sink() as peer:
+        ep.pin([("127.0.0.1", peer.getsockname()[1])])
+        ep.set_fwmark(0x1234)
+        ep.pin([("127.0.0.1", peer.getsockname()[1]), ("127.0.0.1", 9)])
+        socks = [*ep.sockets(), *ep._pinned.values()]
+        assert len(socks) == 3
+        assert {s.getsockopt(socket.SOL_SOCKET, 36) for s in socks} == {0x1234}
+        ep.set_fwmark(0)
+        assert {s.getsockopt(socket.SOL_SOCKET, 36) for s in socks} == {0}

@@ -253,6 +253,8 @@ class Interface:
             # Type=notify: the interface, its routes and the control socket exist now.
             sdnotify.notify(f"READY=1\nSTATUS={self.name} up")
             self.plane.run()
+            if self.plane.tun_gone:
+                log.warning("%s: the interface was deleted from outside", self.name)
             log.info("%s: stopping", self.name)
             sdnotify.notify("STOPPING=1")
         finally:

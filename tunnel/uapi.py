@@ -13,9 +13,17 @@ Rules kept here:
   bad line leaves the running interface exactly as it was;
 - errno in a set answer is negative, as wireguard-go writes it: Debian's
   `wg` turns `errno=-22` into "Invalid argument" (it negates the value);
-- what we cannot change while running (private key, listen port, fwmark)
-  is accepted when unchanged (`wg setconf`/`syncconf` always send it) and
-  refused with EOPNOTSUPP otherwise;
+- the private key, listen port and fwmark change while running when the
+  interface hands in how (`Context.live`: tunnel-wg, as wireguard-go); an
+  interface that does not (`tunnel up`, whose config, routes and kill switch
+  were made for them) accepts them unchanged (`wg setconf`/`syncconf` always
+  send them) and refuses a change with EOPNOTSUPP;
+- an all-zero private key means none (`wg set private-key /dev/null`); a
+  private key is shown clamped, as X25519 uses it (as wg does);
+- a peer with the interface's own public key is ignored, as WireGuard does;
+- 130,000 allowed IPs in one request take well under a second each way:
+  prefixes are parsed with inet_pton, not ipaddress, and handed to the
+  table parsed;
 - keys are hex on this wire; no key is ever logged.
 """
 
@@ -25,11 +33,12 @@ import errno as E
 import ipaddress
 import json
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .protocol.constants import KEY_LEN
-from .protocol.crypto import encode_key
+from .protocol.crypto import clamp, encode_key
 
 log = logging.getLogger("tunnel")
 
@@ -45,11 +54,19 @@ class UapiError(Exception):
 
 
 @dataclass
+class Live:
+    """How a running interface moves its sockets: to a new port, to a new fwmark (wireguard-go's bind)."""
+
+    rebind: Callable[[int], int]  # port (0: any) -> the port now bound; OSError changes nothing
+    set_fwmark: Callable[[int], None]
+
+
+@dataclass
 class Context:
     """What a request may read and change: the running interface's pieces."""
 
     device: Any  # tunnel.protocol.Device
-    private_key: bytes
+    private_key: bytes | None  # None: the interface has none yet
     listen_port: int
     fwmark: int  # 0: off
     now: Callable[[], float]  # monotonic clock, as the data plane's
@@ -57,6 +74,8 @@ class Context:
     stats: Any = None  # the data plane's Stats, for get=tunnel
     name: str = ""
     extra: Callable[[], dict] | None = None  # what roles add to get=tunnel (Interface.status_providers)
+    # Private key, listen port and fwmark may change while running (None: refused).
+    live: Live | None = None
 
 
 # --- get ----------------------------------------------------------------------------
@@ -75,9 +94,17 @@ def _handshake_time(ctx: Context, peer) -> tuple[int, int]:
     return sec, int((wall - sec) * 1e9)
 
 
+def format_prefix(version: int, plen: int, key: int) -> str:
+    """A (version, prefix length, key) triple of AllowedIPs as text (inet_ntop: ipaddress is 10x slower)."""
+    if version == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, (key << (32 - plen)).to_bytes(4, 'big'))}/{plen}"
+    return f"{socket.inet_ntop(socket.AF_INET6, (key << (128 - plen)).to_bytes(16, 'big'))}/{plen}"
+
+
 def format_get(ctx: Context) -> str:
     device = ctx.device
-    lines = [f"private_key={ctx.private_key.hex()}", f"listen_port={ctx.listen_port}"]
+    lines = [] if ctx.private_key is None else [f"private_key={ctx.private_key.hex()}"]
+    lines.append(f"listen_port={ctx.listen_port}")
     if ctx.fwmark:
         lines.append(f"fwmark={ctx.fwmark}")
     for peer in list(device.peers.values()):
@@ -96,7 +123,7 @@ def format_get(ctx: Context) -> str:
             f"rx_bytes={peer.rx_bytes}",
             f"persistent_keepalive_interval={peer.persistent_keepalive or 0}",
         ]
-        lines += [f"allowed_ip={p}" for p in device.allowed_ips.prefixes(peer)]
+        lines += [f"allowed_ip={format_prefix(*e)}" for e in device.allowed_ips.entries(peer)]
     return "\n".join(lines) + "\nerrno=0\n\n"
 
 
@@ -131,9 +158,10 @@ def extended_status(ctx: Context) -> dict:
     return {
         "extra": extra,
         "interface": ctx.name,
-        "public_key": encode_key(device.public_key),
+        "public_key": encode_key(device.public_key) if device.public_key is not None else None,
         "listen_port": ctx.listen_port,
         "fwmark": ctx.fwmark,
+        "mtu": device.mtu,
         "peers": peers,
         "counters": counters,
     }
@@ -154,7 +182,7 @@ class PeerChange:
     endpoint: Any = _UNSET  # socket-address tuple
     keepalive: Any = _UNSET  # int
     replace_allowed_ips: bool = False
-    allowed_ips: list[str] = field(default_factory=list)
+    allowed_ips: list = field(default_factory=list)  # prefix strings, or triples as _prefix gives
     name: Any = _UNSET  # our extension: `name=` after public_key
 
 
@@ -209,12 +237,27 @@ def parse_endpoint(value: str) -> tuple:
     return (str(addr), int(port), 0, scope)
 
 
-def _prefix(value: str) -> str:
-    try:
+def _prefix(value: str) -> tuple[int, int, int]:
+    """An allowed IP as the (version, prefix length, key) triple AllowedIPs stores (host bits cleared)."""
+    addr, sep, length = value.partition("/")
+    if length.isdigit() and len(length) <= 3:
+        try:
+            if ":" in addr:
+                version, bits, raw = 6, 128, socket.inet_pton(socket.AF_INET6, addr)
+            else:
+                version, bits, raw = 4, 32, socket.inet_pton(socket.AF_INET, addr)
+        except OSError:
+            pass
+        else:
+            plen = int(length)
+            if plen <= bits:
+                return version, plen, int.from_bytes(raw, "big") >> (bits - plen)
+    try:  # what inet_pton does not take (no length, odd forms), or the error
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise UapiError(E.EINVAL, "allowed_ip must be an IP prefix") from None
-    return str(net)
+    bits = net.max_prefixlen
+    return net.version, net.prefixlen, int(net.network_address) >> (bits - net.prefixlen)
 
 
 def parse_set(lines: list[str]) -> SetRequest:
@@ -230,7 +273,8 @@ def parse_set(lines: list[str]) -> SetRequest:
             req.peers.append(peer)
         elif peer is None:
             if key == "private_key":
-                req.private_key = _hex_key(value, "private_key")
+                raw = _hex_key(value, "private_key")
+                req.private_key = raw if any(raw) else None
             elif key == "listen_port":
                 req.listen_port = _uint(value, 65535, "listen_port")
             elif key == "fwmark":
@@ -266,28 +310,54 @@ def parse_set(lines: list[str]) -> SetRequest:
 
 
 def _check(req: SetRequest, ctx: Context) -> None:
-    """Refuse, before any change, what we cannot do while running."""
+    """Refuse, before any change, what this interface cannot do while running."""
+    if ctx.live is not None:
+        return
     if req.private_key is not _UNSET and req.private_key != ctx.private_key:
         raise UapiError(E.EOPNOTSUPP, "the private key cannot change while running (restart with the new config)")
     if req.listen_port is not _UNSET and req.listen_port != ctx.listen_port:
         raise UapiError(E.EOPNOTSUPP, "the listen port cannot change while running")
     if req.fwmark is not _UNSET and req.fwmark != (ctx.fwmark or 0):
         raise UapiError(E.EOPNOTSUPP, "the fwmark cannot change while running")
-    own = ctx.device.public_key
-    for change in req.peers:
-        if change.public_key == own and not change.remove:
-            raise UapiError(E.EINVAL, "a peer cannot have the interface's own public key")
+
+
+def _apply_interface(req: SetRequest, ctx: Context, now: float) -> None:
+    """Listen port first (the one change that can fail), then fwmark, then the private key."""
+    live = ctx.live
+    if live is None:
+        return
+    if req.listen_port is not _UNSET and req.listen_port != ctx.listen_port:
+        try:
+            ctx.listen_port = live.rebind(req.listen_port)
+        except OSError as exc:
+            raise UapiError(exc.errno or E.EIO, f"cannot listen on port {req.listen_port}: {exc.strerror or exc}") from None
+        log.info("%s: listening on UDP port %d", ctx.name or "interface", ctx.listen_port)
+    if req.fwmark is not _UNSET and req.fwmark != ctx.fwmark:
+        live.set_fwmark(req.fwmark)
+        ctx.fwmark = req.fwmark
+    if req.private_key is not _UNSET:
+        wanted = None if req.private_key is None else clamp(req.private_key)
+        if wanted != ctx.private_key:
+            for peer in ctx.device.set_private_key(req.private_key, now):
+                log.info("peer %s: removed, its public key is the interface's own now", _label(peer))
+            ctx.private_key = ctx.device.private_key
+            log.info("%s: %s", ctx.name or "interface",
+                     "private key removed" if ctx.private_key is None else "private key changed")
 
 
 def apply_set(req: SetRequest, ctx: Context) -> None:
     _check(req, ctx)
     device = ctx.device
     now = ctx.now()
+    _apply_interface(req, ctx, now)
+    own = device.public_key
+    # WireGuard ignores a peer with the interface's own public key, without an error.
+    changes = [c for c in req.peers if own is None or c.public_key != own]
     if req.replace_peers:
-        keep = {c.public_key for c in req.peers if not c.remove}
+        keep = {c.public_key for c in changes if not c.remove}
         for key in [k for k in device.peers if k not in keep]:
             _log_removed(device.remove_peer(key))
-    for change in req.peers:
+    for change in changes:
         peer = device.peers.get(change.public_key)
         if change.remove:
             if peer is not None:
@@ -316,8 +386,9 @@ def apply_set(req: SetRequest, ctx: Context) -> None:
                 peer.name = change.name
         if change.replace_allowed_ips or (fresh and not added):
             device.allowed_ips.remove_value(peer)
+        insert = device.allowed_ips.insert
         for net in change.allowed_ips:
-            device.allowed_ips.insert(net, peer)
+            insert(net, peer)
         keepalive = change.keepalive if change.keepalive is not _UNSET else (0 if fresh else None)
         if keepalive is not None and keepalive != peer.persistent_keepalive:
             if peer.endpoint is None:
@@ -325,8 +396,11 @@ def apply_set(req: SetRequest, ctx: Context) -> None:
             else:
                 ctx.perform(device.set_persistent_keepalive(peer, keepalive, now), now)
         if added:
-            log.info("peer %s: added, allowed IPs %s", _label(peer),
-                     ", ".join(device.allowed_ips.prefixes(peer)) or "(none)")
+            entries = device.allowed_ips.entries(peer)
+            shown = ", ".join(format_prefix(*e) for e in entries[:8]) or "(none)"
+            if len(entries) > 8:
+                shown += f" and {len(entries) - 8} more"
+            log.info("peer %s: added, allowed IPs %s", _label(peer), shown)
 
 
 def _label(peer) -> str:

@@ -18,6 +18,10 @@ Rules this module keeps:
   before bind, so nothing reaches it unjudged): what cannot be a WireGuard
   message is dropped by the kernel; `kernel_drops()` counts those together
   with the datagrams dropped for a full receive buffer.
+- `rebind(port)` moves to another port (as `wg set listen-port` does):
+  the new sockets are bound before the old ones close, so a port that
+  cannot be had raises and leaves everything as it was; `set_fwmark(mark)`
+  marks every socket from then on (`wg set fwmark`).
 - Only the Linux socket options are used; there is no portable fallback.
 """
 
@@ -104,6 +108,7 @@ class UdpEndpoint:
         self.filter = filter
         self.pinning = pinning
         self._buffer_size, self._fwmark = buffer_size, fwmark
+        self._families = (v4, v6)
         self._hosts = {socket.AF_INET: host4, socket.AF_INET6: host6}
         self._pinned: dict[tuple, socket.socket] = {}
         self._by_fd: dict[int, socket.socket] = {}
@@ -188,6 +193,40 @@ class UdpEndpoint:
     def sockets(self) -> list:
         """The listening sockets (the pinned ones are not listed)."""
         return [s for s in (self.sock4, self.sock6) if s is not None]
+
+    # -- changes while running ----------------------------------------------------
+
+    def rebind(self, port: int) -> tuple[list[int], list[int]]:
+        """Listen on PORT from now on (0: a free one); returns (descriptors opened, descriptors closed).
+
+        The pinned sockets are on the old port and close with the listening
+        ones (the caller pins again). OSError (EADDRINUSE...) changes nothing.
+        """
+        if port and port == self.port:
+            return [], []
+        v4, v6 = self._families
+        fresh = UdpEndpoint(port, self._fwmark, self._hosts[socket.AF_INET], self._hosts[socket.AF_INET6],
+                            v4, v6, self._buffer_size, self.gro, self.filter, self.pinning)
+        closed = list(self._by_fd)
+        for s in [*self.sockets(), *self._pinned.values()]:
+            self._closed_drops += udpfilter.socket_drops(s)
+            s.close()
+        self._pinned.clear()
+        self.sock4, self.sock6, self.port, self.gro = fresh.sock4, fresh.sock6, fresh.port, fresh.gro
+        self._by_fd = {s.fileno(): s for s in self.sockets()}
+        fresh.sock4 = fresh.sock6 = None  # they are ours now
+        fresh._by_fd = {}
+        return list(self._by_fd), closed
+
+    def set_fwmark(self, mark: int) -> None:
+        """SO_MARK = MARK (0: none) on every socket, and on those opened later."""
+        for s in [*self.sockets(), *self._pinned.values()]:
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        self._fwmark = mark
+
+    @property
+    def fwmark(self) -> int:
+        return self._fwmark
 
     # -- pinned peers -------------------------------------------------------------
 

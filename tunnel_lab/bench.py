@@ -5,6 +5,13 @@ RTT idle and under load (a ping running during the single-stream test), and
 CPU-seconds per GB of the tunnel processes (both ends; iperf3 and ping not
 counted). Ratios to wireguard-go are printed at the end. Measurements hold
 an exclusive flock on /tmp/bench.lock, as every benchmark here does.
+
+Kinds: `tunnel` (tunnel up on both ends), `tunnel-nooffload`, `tunnel-wg`
+(the drop-in: `tunnel-wg IFACE` configured from outside with `wg setconf`
+and `ip`, as wg-quick does) and `wireguard-go` (the same way). With
+`runs` > 1 the kinds take turns, run after run, and the table shows each
+figure's median (with its range): machines drift, and interleaving spreads
+the drift over every kind alike.
 """
 
 from __future__ import annotations
@@ -14,18 +21,22 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
+import sys
 import time
 
 from tunnel.config import load_config
 
 from .lab import CLIENT_INNER, SERVER_INNER, Lab, LabError
 
-KINDS = ("tunnel", "tunnel-nooffload", "wireguard-go")
+KINDS = ("tunnel", "tunnel-nooffload", "tunnel-wg", "wireguard-go")
+_METRICS = ("tcp", "tcp_r", "tcp_p4", "rtt_ms", "rtt_load_ms", "cpu_s_per_gb")
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
-def run_bench(seconds: int = 10, kinds: list[str] | None = None, as_json: bool = False, echo=print) -> str | None:
+def run_bench(seconds: int = 10, kinds: list[str] | None = None, as_json: bool = False, echo=print,
+              runs: int = 1) -> str | None:
     if os.geteuid() != 0:
         return "the benchmark creates network namespaces: run it as root (sudo)"
     if shutil.which("iperf3") is None:
@@ -37,17 +48,21 @@ def run_bench(seconds: int = 10, kinds: list[str] | None = None, as_json: bool =
     if "wireguard-go" in kinds and shutil.which("wireguard-go") is None:
         echo("wireguard-go is not installed: measuring our tunnel only")
         kinds = [k for k in kinds if k != "wireguard-go"]
-    results = {}
+    if runs < 1:
+        return "runs must be at least 1"
+    every: dict[str, list[dict]] = {k: [] for k in kinds}
     with open("/tmp/bench.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for kind in kinds:
-            echo(f"== {kind}")
-            try:
-                results[kind] = _measure(kind, seconds, echo)
-            except (LabError, RuntimeError) as exc:
-                return f"{kind}: {exc}"
+        for n in range(runs):
+            for kind in kinds:
+                echo(f"== {kind}" + (f" (run {n + 1} of {runs})" if runs > 1 else ""))
+                try:
+                    every[kind].append(_measure(kind, seconds, echo))
+                except (LabError, RuntimeError) as exc:
+                    return f"{kind}: {exc}"
+    results = {kind: _median(rs) for kind, rs in every.items()}
     echo("")
-    echo(_table(results))
+    echo(_table(results, every if runs > 1 else None))
     if "wireguard-go" in results:
         ref = results["wireguard-go"]
         for kind, r in results.items():
@@ -56,15 +71,33 @@ def run_bench(seconds: int = 10, kinds: list[str] | None = None, as_json: bool =
             echo(f"{kind} / wireguard-go: " + ", ".join(
                 f"{k} {r[k] / ref[k]:.2f}x" for k in ("tcp", "tcp_r", "tcp_p4", "rtt_load_ms", "cpu_s_per_gb")
                 if ref.get(k)))
+    if "tunnel-wg" in results and "tunnel" in results:
+        r, ref = results["tunnel-wg"], results["tunnel"]
+        echo("tunnel-wg / tunnel: " + ", ".join(
+            f"{k} {r[k] / ref[k]:.2f}x" for k in ("tcp", "tcp_r", "tcp_p4", "rtt_load_ms", "cpu_s_per_gb")
+            if ref.get(k) and r.get(k) is not None))
     if as_json:
-        echo(json.dumps(results, indent=2))
+        echo(json.dumps({"median": results, "runs": every}, indent=2))
     return None
+
+
+def _median(runs: list[dict]) -> dict:
+    out = {}
+    for k in _METRICS:
+        values = [r[k] for r in runs if r.get(k) is not None]
+        out[k] = statistics.median(values) if values else None
+    return out
 
 
 def _measure(kind: str, seconds: int, echo) -> dict:
     with Lab("tbench") as lab:
         spath, cpath = lab.write_configs()
-        if kind.startswith("tunnel"):
+        if kind == "tunnel-wg":
+            # The drop-in, configured from outside as wg-quick does (unique names: shared socket directory).
+            for ns, path, side in ((lab.server, spath, "s"), (lab.client, cpath, "c")):
+                _from_outside(lab, ns, path, f"tw{os.getpid() % 100000}{side}",
+                              [sys.executable, "-m", "tunnel.dropin_cli", "-f"])
+        elif kind.startswith("tunnel"):
             extra = ["--no-offload"] if kind == "tunnel-nooffload" else []
             lab.tunnel_up(lab.server, spath, extra)
             lab.wait_link(lab.server, lab.ifname_s)
@@ -73,7 +106,7 @@ def _measure(kind: str, seconds: int, echo) -> dict:
         else:
             # wireguard-go's control sockets share /var/run/wireguard across namespaces: unique names.
             for ns, path, side in ((lab.server, spath, "s"), (lab.client, cpath, "c")):
-                _wireguard_go(lab, ns, path, f"tb{os.getpid() % 100000}{side}")
+                _from_outside(lab, ns, path, f"tb{os.getpid() % 100000}{side}", ["wireguard-go", "-f"])
         end = time.monotonic() + 15
         while lab.run(lab.client, ["ping", "-c", "1", "-W", "1", SERVER_INNER]).returncode != 0:
             if time.monotonic() > end:
@@ -100,17 +133,18 @@ def _measure(kind: str, seconds: int, echo) -> dict:
         return r
 
 
-def _wireguard_go(lab: Lab, ns: str, path: str, ifname: str) -> None:
+def _from_outside(lab: Lab, ns: str, path: str, ifname: str, program: list[str]) -> None:
+    """PROGRAM IFNAME (a userspace WireGuard with wireguard-go's command line), configured by wg and ip."""
     cfg = load_config(path)
     setconf = os.path.join(os.path.dirname(path), "setconf.conf")
     with open(os.open(setconf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(cfg.to_setconf_text())
     env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
-    lab.popen(ns, ["wireguard-go", "-f", ifname], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    lab.popen(ns, [*program, ifname], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     end = time.monotonic() + 10
     while lab.run(ns, ["wg", "show", ifname]).returncode != 0:
         if time.monotonic() > end:
-            raise RuntimeError("wireguard-go did not start")
+            raise RuntimeError(f"{program[0]} did not start")
         time.sleep(0.05)
     for cmd in (["wg", "setconf", ifname, setconf], ["ip", "link", "set", ifname, "mtu", "1420", "up"]):
         _check(lab.run(ns, cmd))
@@ -163,12 +197,24 @@ def _tunnel_cpu(lab: Lab) -> float:
     return total
 
 
-def _table(results: dict) -> str:
+def _table(results: dict, every: dict | None = None) -> str:
+    """One line per kind; with EVERY (the runs of each kind), medians with their range beneath."""
     cols = [("tcp", "a->b Mb/s"), ("tcp_r", "b->a Mb/s"), ("tcp_p4", "4x Mb/s"), ("rtt_ms", "RTT ms"),
             ("rtt_load_ms", "RTTload ms"), ("cpu_s_per_gb", "CPU s/GB")]
-    lines = ["kind".ljust(18) + "".join(h.rjust(12) for _, h in cols)]
+
+    def fmt(k: str, v) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2f}" if k.startswith("rtt") else f"{v:.1f}"
+
+    lines = ["kind".ljust(18) + "".join(h.rjust(14) for _, h in cols)]
     for kind, r in results.items():
-        lines.append(kind.ljust(18) + "".join(
-            (f"{r[k]:.2f}" if k.startswith("rtt") else f"{r[k]:.1f}" if r.get(k) is not None else "-").rjust(12)
-            for k, _ in cols))
+        label = f"{kind} ({len(every[kind])})" if every else kind
+        lines.append(label.ljust(18) + "".join(fmt(k, r.get(k)).rjust(14) for k, _ in cols))
+        if every:
+            spans = []
+            for k, _ in cols:
+                vs = [x[k] for x in every[kind] if x.get(k) is not None]
+                spans.append(f"{fmt(k, min(vs))}-{fmt(k, max(vs))}" if vs else "-")
+            lines.append("  range".ljust(18) + "".join(sp.rjust(14) for sp in spans))
     return "\n".join(lines)

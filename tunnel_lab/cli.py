@@ -24,12 +24,16 @@ def demo(seconds: int, verbose: int) -> None:
 @click.command()
 @click.option("--seconds", default=10, show_default=True, help="Length of each iperf3 run.")
 @click.option("--peers", default="tunnel,wireguard-go", show_default=True,
-              help="Comma list of tunnels to measure: tunnel, tunnel-nooffload, wireguard-go.")
+              help="Comma list of tunnels to measure: tunnel, tunnel-nooffload, tunnel-wg, wireguard-go.")
+@click.option("--dropin", is_flag=True, help="Measure tunnel-wg (the drop-in) too, beside tunnel up.")
+@click.option("--runs", default=1, show_default=True, help="Interleaved runs of every kind; medians shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON as well.")
-def bench(seconds: int, peers: str, as_json: bool) -> None:
+def bench(seconds: int, peers: str, dropin: bool, runs: int, as_json: bool) -> None:
     """Measure throughput, RTT and CPU per GB through our tunnel and wireguard-go, in one run."""
     setup_logging(0)
-    failure = run_bench(seconds=seconds, kinds=[p.strip() for p in peers.split(",") if p.strip()],
-                        as_json=as_json, echo=click.echo)
+    kinds = [p.strip() for p in peers.split(",") if p.strip()]
+    if dropin and "tunnel-wg" not in kinds:
+        kinds.insert(kinds.index("tunnel") + 1 if "tunnel" in kinds else 0, "tunnel-wg")
+    failure = run_bench(seconds=seconds, kinds=kinds, as_json=as_json, echo=click.echo, runs=runs)
     if failure:
         raise Fail(failure)

@@ -71,6 +71,12 @@ class MemoryTun:
         self.written: list[bytes] = []
         self._ready = _Readable()
         self.fd = self._ready.fd
+        self.deleted = False
+
+    def delete(self) -> None:
+        """What `ip link del` does to a real one: readable, and every read and write fails EBADFD."""
+        self.deleted = True
+        self._ready.update(True)
 
     def inject(self, packet: bytes) -> None:
         self.inbox.append(bytes(packet))
@@ -81,6 +87,8 @@ class MemoryTun:
         self.inject((bytes(VNET_HDR_LEN) if self.vnet_hdr else b"") + bytes(packet))
 
     def read_into(self, buf) -> int:
+        if self.deleted:
+            raise OSError(errno.EBADFD, "File descriptor in bad state")
         if not self.inbox:
             self._ready.update(False)
             raise BlockingIOError(errno.EAGAIN, "no packet")
@@ -91,6 +99,8 @@ class MemoryTun:
         return n
 
     def writev(self, parts) -> int:
+        if self.deleted:
+            raise OSError(errno.EBADFD, "File descriptor in bad state")
         data = b"".join(bytes(p) for p in parts)
         if self.vnet_hdr:
             if len(data) < VNET_HDR_LEN + 20:

@@ -11,12 +11,18 @@ Rules kept here:
 - a read gives many packets' worth when the kernel offers it: a TUN
   super-packet (TSO/USO, behind the vnet header) or a UDP GRO train;
 - a write takes many packets' worth: a UDP GSO train of equal-sized
-  datagrams (only the last may be shorter), a TUN super-packet.
+  datagrams (only the last may be shorter), a TUN super-packet;
+- a TUN whose interface was deleted (`ip link del`, or its namespace went)
+  reads EBADFD, as Linux's does: the loop then ends (TunGone).
 """
 
 from __future__ import annotations
 
 from typing import Protocol, Sequence
+
+
+class TunGone(Exception):
+    """The TUN device's interface no longer exists: the loop has nothing left to serve."""
 
 
 class TunDevice(Protocol):
@@ -55,3 +61,11 @@ class Bind(Protocol):
 
     def kernel_drops(self) -> int:
         """Datagrams dropped before they could be read, so far (a counter that only grows, modulo 2**32)."""
+
+    # Only for an interface whose listen port and fwmark change while it runs (tunnel-wg):
+
+    def rebind(self, port: int) -> tuple[list[int], list[int]]:
+        """Listen on PORT (0: any) from now on: (descriptors opened, descriptors closed); OSError changes nothing."""
+
+    def set_fwmark(self, mark: int) -> None:
+        """Mark every datagram sent from now on with MARK (0: none)."""

@@ -26,7 +26,13 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   nor waiting; in a turn where the TUN or a pinned socket had work, the
   listening sockets get only SHARED_READS_WHEN_BUSY reads (the kernel
   drops what does not fit in their buffers, at no cost to us), so a flood
-  takes a bounded share of the loop from established sessions.
+  takes a bounded share of the loop from established sessions;
+- the loop ends by itself when the TUN device's interface is gone (a read
+  says EBADFD: `ip link del`, or the namespace it was moved to was
+  deleted); `tun_gone` then says so to whoever ran it;
+- the sockets may change under the loop (`rebind`: `wg set listen-port`),
+  and others may hang periodic work on it (`every`), run between turns in
+  the loop's thread like everything that touches the Device.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Callable
 from ..protocol import Device, Drop, Event, SendDatagram, WritePacket
 from ..protocol.crypto import encode_key
 from . import drops as D
+from .io import TunGone
 from .receive import UDP_READS_PER_TURN, Receiver
 from .send import Sender
 
@@ -84,6 +91,8 @@ class DataPlane:
         self.handshakes: collections.deque = collections.deque()
         self._under_load_until = 0.0
         self._stop = False
+        self.tun_gone = False
+        self._periodic: list[list] = []  # [interval, next due, fn]
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.extra_fds: dict[int, Callable[[], None]] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
@@ -117,6 +126,32 @@ class DataPlane:
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         self.extra_fds[fd] = callback
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        if self.extra_fds.pop(fd, None) is not None and self._epoll is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def every(self, interval: float, fn: Callable[[float], None]) -> None:
+        """Call fn(now) in the loop's thread about every `interval` seconds (at most 1 s late)."""
+        self._periodic.append([interval, self.clock() + interval, fn])
+
+    def rebind(self, port: int) -> int:
+        """Listen on PORT from now on (0: any free one) and return it; OSError changes nothing."""
+        opened, closed = self.bind.rebind(port)
+        for fd in closed:  # closing took them out of the epoll set
+            self._work.pop(fd, None)
+        if self._epoll is not None:
+            for fd in opened:
+                self._epoll.register(fd, select.EPOLLIN)
+        self._shared_fds = frozenset(opened) if opened else self._shared_fds
+        self._kernel_drops = self.bind.kernel_drops()
+        self._pins_dirty = True  # the established peers get sockets on the new port
+        return self.bind.port
 
     def timeout(self) -> float:
         """How long the loop may sleep now (seconds)."""
@@ -152,7 +187,12 @@ class DataPlane:
         busy = False  # the TUN or a pinned socket had work in this turn
         for fd in ready:
             if fd == tun_fd:
-                work[fd] = n = self.sender.from_tun(now)
+                try:
+                    work[fd] = n = self.sender.from_tun(now)
+                except TunGone:
+                    self.tun_gone = True
+                    self.stop()
+                    return
                 busy = busy or n > 0
             elif fd == self._wake_r:
                 try:
@@ -177,6 +217,10 @@ class DataPlane:
             self.count_kernel_drops(now)
         if self._pins_dirty or now - self._pinned_at >= PIN_INTERVAL:
             self.repin(now)
+        for job in self._periodic:
+            if now >= job[1]:
+                job[1] = now + job[0]
+                job[2](now)
 
     def repin(self, now: float) -> None:
         """Sockets of their own for the peers that have a session now (and for no one else)."""

@@ -11,13 +11,19 @@ Rules kept here:
   the train is cut before sealing, never after;
 - work per turn is bounded in bytes (TUN_BYTES_PER_TURN) so one busy
   direction cannot make the other wait; small packets are drained up to
-  TUN_READS_PER_TURN reads a turn, or they overflow the TUN ring.
+  TUN_READS_PER_TURN reads a turn, or they overflow the TUN ring;
+- a UDP datagram from our own port to the endpoint of the very peer it
+  routes to is our own, come back because that endpoint is routed through
+  this tunnel: it is dropped (ROUTING_LOOP), as the kernel refuses a route
+  through the device itself, instead of being sealed again for ever. Only
+  UDP packets are looked at, and only their ports unless the port is ours.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import socket
 from typing import Callable
 
 from ..offload import VNET_HDR_LEN, OffloadError, Splitter
@@ -25,6 +31,7 @@ from ..protocol.errors import NO_ROUTE
 from ..protocol.transport import datagram_size, seal
 from ..udp import MAX_GSO_BYTES, MAX_GSO_SEGMENTS
 from . import drops as D
+from .io import TunGone
 
 log = logging.getLogger("tunnel")
 
@@ -98,6 +105,9 @@ class Sender:
             except OSError as exc:
                 if exc.errno in (errno.EINTR, errno.EAGAIN):
                     break
+                if exc.errno == errno.EBADFD:
+                    self.flush()
+                    raise TunGone() from None
                 raise
             budget -= n
             if vnet:
@@ -125,6 +135,9 @@ class Sender:
                 continue
             if peer is None:
                 drops[NO_ROUTE] += 1
+                continue
+            if (rbuf[ip + 9] if v == 4 else rbuf[ip + 6]) == 17 and self._looped(ip, v, peer):
+                drops[D.ROUTING_LOOP] += count
                 continue
             size = datagram_size(largest, mtu)
             if size > MAX_GSO_BYTES:
@@ -157,6 +170,25 @@ class Sender:
                 actions = []
         self.flush()
         return TUN_BYTES_PER_TURN - budget
+
+    def _looped(self, ip: int, v: int, peer) -> bool:
+        """A UDP packet read from the TUN: is it one of ours to PEER (from our port to its endpoint)?"""
+        rbuf = self.rbuf
+        udp = ip + ((rbuf[ip] & 15) * 4 if v == 4 else 40)
+        if (rbuf[udp] << 8) | rbuf[udp + 1] != self.bind.port:
+            return False
+        endpoint = peer.endpoint
+        if endpoint is None or (rbuf[udp + 2] << 8) | rbuf[udp + 3] != endpoint[1]:
+            return False
+        host = endpoint[0]
+        if v == 4:
+            if ":" in host:  # a v4-mapped endpoint goes out of the IPv4 socket as plain IPv4
+                host = host.rpartition(":")[2]
+            return socket.inet_ntop(socket.AF_INET, bytes(rbuf[ip + 16:ip + 20])) == host
+        try:
+            return socket.inet_pton(socket.AF_INET6, host) == bytes(rbuf[ip + 24:ip + 40])
+        except OSError:
+            return False
 
     def flush(self) -> None:
         train = self.train

@@ -11,7 +11,9 @@ Rules kept here:
 - `lookup` is the per-packet call: one int conversion and, for each prefix
   length in use (longest first), one shift and one dict probe. A table of
   /32 and /128 host routes costs one probe whatever the number of peers.
-  Configuration calls (insert, remove, prefixes) may be slower.
+  Configuration calls (insert, remove, prefixes) may be slower; a caller
+  that parses prefixes faster than ipaddress (uapi.py, with inet_pton) hands
+  in (version, prefix length, key) triples and reads `entries` back.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ from typing import Any, Union
 
 __all__ = ["AllowedIPs"]
 
-Network = Union[str, ipaddress.IPv4Network, ipaddress.IPv6Network]
+# A prefix as text, as an ip_network, or parsed: (4 or 6, prefix length, the prefix's top bits as an int).
+Network = Union[str, ipaddress.IPv4Network, ipaddress.IPv6Network, tuple[int, int, int]]
 
 _BITS = {4: 32, 6: 128}
 
 
 def _parse(network: Network) -> tuple[int, int, int]:
     """(version, prefix length, key) where key is the network's top bits."""
+    if type(network) is tuple:  # already parsed by the caller
+        version, plen, key = network
+        if version not in _BITS or not 0 <= plen <= _BITS[version] or not 0 <= key < (1 << plen):
+            raise ValueError(f"not a (version, prefix length, key) triple: {network!r}")
+        return network
     if isinstance(network, str):
         fast = _parse_text(network)
         if fast is not None:
@@ -169,11 +177,14 @@ class AllowedIPs:
     def prefixes(self, value: Any) -> list[str]:
         """The prefixes routed to `value`: IPv4 first, then by address, then
         by prefix length."""
+        return [_format(*e) for e in self.entries(value)]
+
+    def entries(self, value: Any) -> list[tuple[int, int, int]]:
+        """`prefixes` as (version, prefix length, key) triples, in the same order."""
         entry = self._owned.get(id(value))
         if entry is None:
             return []
-        ordered = sorted(entry[1], key=lambda e: (e[0], e[2] << (_BITS[e[0]] - e[1]), e[1]))
-        return [_format(*e) for e in ordered]
+        return sorted(entry[1], key=lambda e: (e[0], e[2] << (_BITS[e[0]] - e[1]), e[1]))
 
     def __len__(self) -> int:
         return sum(len(t) for by_len in self._tables.values() for t in by_len.values())

@@ -6,6 +6,7 @@ Bytes and time in, actions out:
     tick(now)                                         timers; call at next_deadline()
     switch_endpoint(peer, endpoint, now)              send to another endpoint of the peer
     probe(peer, endpoint, now)                        try one without moving the peer
+    set_private_key(key, now)                         our static key changed (or went)
 
 Rules kept here:
 - nothing here does I/O or reads a clock; `now` is the caller's monotonic
@@ -14,7 +15,11 @@ Rules kept here:
   turns it into the TAI64N wall time of an initiation;
 - remote garbage becomes Drop(reason) and changes no state; a reply is sent
   only for a valid handshake message (or a cookie reply under load);
-- our own misuse (bad key sizes, unknown peers) raises LocalError.
+- our own misuse (bad key sizes, unknown peers) raises LocalError;
+- a Device may have no private key (wireguard-go's interface before its
+  first `wg set private-key`, or after `private-key /dev/null`): it keeps
+  its peers and drops everything quietly under NO_PRIVATE_KEY, since no
+  handshake can be made or answered without one.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from .constants import (
 )
 from .cookie import CookieChecker
 from .counters import Counters
+from .crypto import clamp
 from .errors import (
+    NO_PRIVATE_KEY,
     NO_ROUTE,
     CookieRequired,
     LocalError,
@@ -69,21 +76,22 @@ def packet_destination(packet: bytes | memoryview) -> bytes | None:
 class Device:
     def __init__(
         self,
-        private_key: bytes,
+        private_key: bytes | None,
         *,
         wall_epoch: float,
         mtu: int = DEFAULT_MTU,
         rng: Rng = os.urandom,
         counters: Counters | None = None,
     ):
-        if len(private_key) != KEY_LEN:
-            raise LocalError("a private key is 32 bytes")
-        self.identity = StaticIdentity(private_key)
-        self.public_key = self.identity.public
         self.wall_epoch = wall_epoch
         self.mtu = mtu
         self.rng = rng
-        self.cookie_checker = CookieChecker(self.public_key, rng)
+        # Our static key pair and the mac1/cookie keys derived from its public
+        # half; all None while the device has no private key.
+        self.identity: StaticIdentity | None = None
+        self.public_key: bytes | None = None
+        self.cookie_checker: CookieChecker | None = None
+        self._take_identity(private_key)
         self.ratelimiter = RateLimiter()
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips = AllowedIPs()
@@ -100,7 +108,48 @@ class Device:
         return self.counters.drops
 
     def __repr__(self) -> str:
-        return f"Device(peers={len(self.peers)})"
+        return f"Device(peers={len(self.peers)}{'' if self.identity else ', no key'})"
+
+    @property
+    def private_key(self) -> bytes | None:
+        """Our static private key as X25519 uses it (clamped, as wg shows it), or None."""
+        return None if self.identity is None else clamp(self.identity.private.raw)
+
+    def _take_identity(self, private_key: bytes | None) -> None:
+        if private_key is None:
+            self.identity = self.public_key = self.cookie_checker = None
+            return
+        if len(private_key) != KEY_LEN:
+            raise LocalError("a private key is 32 bytes")
+        self.identity = StaticIdentity(private_key)
+        self.public_key = self.identity.public
+        self.cookie_checker = CookieChecker(self.public_key, self.rng)
+
+    def set_private_key(self, private_key: bytes | None, now: float) -> list[Peer]:
+        """Take a new static private key (None: have none from now on); returns the peers removed.
+
+        As the kernel's and wireguard-go's: a peer whose public key is our
+        new public key is removed; every other peer's handshake in progress
+        ends, its static-static DH is computed again at its next handshake,
+        and its current and next sessions may no longer send (they still
+        receive what is in flight), so the next packet to it starts a
+        handshake with the new key at once. A key equal to the one we have
+        changes nothing.
+        """
+        if private_key is not None:
+            if len(private_key) != KEY_LEN:
+                raise LocalError("a private key is 32 bytes")
+            if self.identity is not None and clamp(private_key) == self.private_key:
+                return []
+        elif self.identity is None:
+            return []
+        self._take_identity(private_key)
+        removed = []
+        if self.public_key is not None and self.public_key in self.peers:
+            removed.append(self.remove_peer(self.public_key))
+        for peer in self.peers.values():
+            peer.set_identity(self.identity, now)
+        return removed
 
     def wall(self, now: float) -> float:
         """The wall time (Unix seconds) at the caller's monotonic `now`."""
@@ -131,7 +180,7 @@ class Device:
     ) -> Peer:
         if len(public_key) != KEY_LEN:
             raise LocalError("a public key is 32 bytes")
-        if public_key == self.public_key:
+        if self.public_key is not None and public_key == self.public_key:
             raise LocalError("a peer cannot have our own public key")
         if public_key in self.peers:
             raise LocalError("peer already exists")
@@ -281,6 +330,10 @@ class Device:
         out: list[Action] = []
         try:
             kind = message_type(data)
+            if self.identity is None and kind != MESSAGE_TRANSPORT_DATA:
+                # No key: no handshake can be answered, nor a cookie reply checked.
+                self.drop(NO_PRIVATE_KEY, None, out)
+                return out
             if kind == MESSAGE_TRANSPORT_DATA:
                 self._receive_transport(data, endpoint, now, out)
             elif kind == MESSAGE_HANDSHAKE_INITIATION:

@@ -83,6 +83,7 @@ class UnexpectedMessage(RemoteError):
 NO_ROUTE = "no_route"
 NO_ENDPOINT = "no_endpoint"
 INVALID_PEER_KEY = "invalid_peer_key"
+NO_PRIVATE_KEY = "no_private_key"
 
 
 class LocalError(Exception):

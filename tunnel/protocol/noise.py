@@ -87,7 +87,7 @@ class StaticIdentity:
 class Handshake:
     """The handshake state with one peer (the kernel's struct noise_handshake)."""
 
-    def __init__(self, local: StaticIdentity, remote_static: bytes, preshared_key: bytes | None = None):
+    def __init__(self, local: StaticIdentity | None, remote_static: bytes, preshared_key: bytes | None = None):
         if len(remote_static) != KEY_LEN:
             raise LocalError("a public key is 32 bytes")
         if preshared_key is not None and len(preshared_key) != KEY_LEN:
@@ -96,7 +96,8 @@ class Handshake:
         self.remote_static = remote_static
         self.preshared_key = preshared_key or _ZERO_PSK
         # ss is the same for every handshake with this peer: computed once, at
-        # the first handshake (10,000 configured peers cost no X25519 at start-up).
+        # the first handshake (10,000 configured peers cost no X25519 at start-up),
+        # and again after our static key changed (set_local).
         self._static_static: bytes | None | bool = False
         self.state = ZEROED
         self.hash = b""
@@ -116,15 +117,21 @@ class Handshake:
 
     @property
     def precomputed_static_static(self) -> bytes | None:
-        """DH(our static, their static); None when their key is a low-order point."""
+        """DH(our static, their static); None when their key is a low-order point or we have no key."""
         if self._static_static is False:
-            self._static_static = self.local.private.exchange(self.remote_static)
+            self._static_static = None if self.local is None else self.local.private.exchange(self.remote_static)
         return self._static_static
 
     @property
     def valid_peer(self) -> bool:
-        """False when the peer's public key is a low-order point: no handshake can succeed."""
+        """False when no handshake can succeed: the peer's public key is a low-order point, or we have no key."""
         return self.precomputed_static_static is not None
+
+    def set_local(self, local: StaticIdentity | None) -> None:
+        """Our static key changed (None: we have none): ss is computed again, and the handshake in progress is void."""
+        self.local = local
+        self._static_static = False
+        self.clear()
 
     def clear(self) -> None:
         self.state = ZEROED

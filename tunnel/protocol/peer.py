@@ -57,6 +57,7 @@ from .constants import (
     MAX_STAGED_PACKETS,
     PADDING_MULTIPLE,
     REJECT_AFTER_TIME,
+    REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME,
@@ -65,7 +66,7 @@ from .constants import (
     RESPONSE_MAC1_OFFSET,
 )
 from .cookie import CookieGenerator
-from .errors import INVALID_PEER_KEY, NO_ENDPOINT
+from .errors import INVALID_PEER_KEY, NO_ENDPOINT, NO_PRIVATE_KEY
 from .keypair import Keypair
 from .noise import Handshake, StaticIdentity
 
@@ -227,6 +228,21 @@ class Peer:
         self._release_handshake_index()
         self.handshake.clear()
 
+    def set_identity(self, identity: StaticIdentity | None, now: float) -> None:
+        """Our static key changed (Device.set_private_key): the kernel's expire_current_peer_keypairs.
+
+        The handshake in progress was made with the old key and ends; the
+        current and next sessions send no more (what the peer still sends on
+        them is received until they expire), and the rate limit on initiations
+        is lifted, so the next packet starts a handshake with the new key now.
+        """
+        self._release_handshake_index()
+        self.handshake.set_local(identity)
+        for kp in (self.current, self.next):
+            if kp is not None:
+                kp.send_counter = REJECT_AFTER_MESSAGES
+        self.last_sent_initiation = None
+
     def _release_handshake_index(self) -> None:
         if self.handshake.local_index:
             self.device._release_index(self.handshake.local_index, self)
@@ -272,7 +288,7 @@ class Peer:
             self.device.drop(NO_ENDPOINT, self, out)
             return
         if not self.handshake.valid_peer:
-            self.device.drop(INVALID_PEER_KEY, self, out)
+            self.device.drop(NO_PRIVATE_KEY if self.handshake.local is None else INVALID_PEER_KEY, self, out)
             return
         self.last_sent_initiation = now
         self._release_handshake_index()
