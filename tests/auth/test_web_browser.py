@@ -56,6 +56,21 @@ def browser(tmp_path):
         driver.quit()
 
 
+def _after_submit(browser, element_id: str, text: str):
+    """The element ELEMENT_ID of the page a form submission loads, once its text holds TEXT (case aside):
+    the click returns before the new page is there, and elements of the old one go stale."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def found(driver):
+        element = driver.find_element(By.ID, element_id)
+        return element if text.lower() in element.text.lower() else None
+
+    return WebDriverWait(browser, 20, ignored_exceptions=(NoSuchElementException,
+                                                          StaleElementReferenceException)).until(found)
+
+
 def _artifacts(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("TUNNEL_TEST_ARTIFACTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,17 +93,17 @@ def test_login_page_in_chromium(browser, tmp_path):
         browser.find_element(By.ID, "user").send_keys("bob")
         browser.find_element(By.ID, "password").send_keys("not-his-password")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        error = browser.find_element(By.ID, "error")
-        assert error.get_attribute("role") == "alert" and "wrong user name" in error.text
+        error = _after_submit(browser, "error", "wrong user name")
+        assert error.get_attribute("role") == "alert"
 
         # The right one: the code is asked on a second page.
         browser.find_element(By.ID, "password").send_keys("builder-bob")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        assert "one-time code" in browser.find_element(By.ID, "prompt").text.lower()
+        _after_submit(browser, "prompt", "one-time code")
         browser.find_element(By.ID, "code").send_keys(totp.code_at(env.bob_secret, env.clock()))
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
-        assert "You are logged in as bob" in browser.find_element(By.ID, "status").text
+        _after_submit(browser, "status", "You are logged in as bob")
         expires = browser.find_element(By.ID, "expires")
         assert "2027-01-15 20:00 UTC" in expires.text and "(in 12 h 0 min)" in expires.text
         assert browser.find_element(By.ID, "groups").text == "admins"
@@ -101,7 +116,7 @@ def test_login_page_in_chromium(browser, tmp_path):
         browser.get(base)
         assert browser.find_element(By.ID, "groups").text == "admins"
         browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
-        assert browser.find_element(By.ID, "user").get_attribute("autocomplete") == "username"
+        assert _after_submit(browser, "user", "").get_attribute("autocomplete") == "username"
         assert env.service.session_of(env.clients["127.0.0.1"]) is None
 
         # No resource or style refused by the Content-Security-Policy (401s for wrong logins are expected).
