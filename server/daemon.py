@@ -3,7 +3,8 @@ keeps both following the registry.
 
 Start-up: IFACE.conf is regenerated from the registry (so the interface comes
 up with today's clients), then `tunnel up` of it runs with the server role
-(server/role.py): the gateway as its setup, the reconciler as its service. A registry that cannot be
+(server/role.py): the gateway as its setup, the reconciler as its service, the registry's
+peer_endpoints as where clients' endpoints are kept for resuming them after a restart. A registry that cannot be
 reached at start (a PostgreSQL elsewhere) is not fatal: the daemon serves
 IFACE.conf as last generated, with the settings and expiries of
 IFACE.cache.json, and the reconciler catches up when it returns.
@@ -15,6 +16,7 @@ import logging
 
 from server import statecache
 from server.access.control import AccessControl
+from server.endpointstore import RegistryEndpointStore
 from server.layout import Local, Paths
 from server.provision import ProvisionError, locate, paths, publish
 from server.reconcile import Reconciler
@@ -76,7 +78,9 @@ def run_server(directory: str | None, ifname: str | None, **up_options) -> str |
     reconciler = Reconciler(opener, registry=registry, snapshot=live,
                             on_snapshot=lambda s, now: _publish(p, s, local, now))
     access = AccessControl(opener, reconciler, gateway=local.gateway, state_dir=p.directory)
-    return run_up(p.conf, roles=[ServerRole(snap.settings, reconciler, access)], **up_options)
+    endpoints = RegistryEndpointStore(opener, gateway=local.gateway,
+                                      where=registry.location if registry is not None else "the registry")
+    return run_up(p.conf, roles=[ServerRole(snap.settings, reconciler, access, endpoints)], **up_options)
 
 
 def _publish(p: Paths, snap: Snapshot, local: Local, now: float) -> None:

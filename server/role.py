@@ -5,7 +5,10 @@
 - services: the reconciler that keeps the running peers in step with the
   registry (server/reconcile.py), and the access control that keeps the
   policy, bandwidth limits and login sessions in step with it
-  (server/access/), closed before the interface goes down.
+  (server/access/), closed before the interface goes down;
+- endpoint store: the registry's peer_endpoints table (server/endpointstore.py)
+  keeps each client's last endpoint, so a restarted server resumes the
+  clients it had (tunnel/resume.py).
 
 Handed in by server/daemon.py `run_server`, never chosen from a config: a
 wg-quick file does not say "server".
@@ -23,10 +26,11 @@ from .gateway import apply_gateway
 class ServerRole(Role):
     name = "server"
 
-    def __init__(self, settings: Any, reconciler: Any, access: Any = None):
+    def __init__(self, settings: Any, reconciler: Any, access: Any = None, endpoints: Any = None):
         self.settings = settings  # server.registry.ServerSettings: pools, nat, client_to_client
         self.reconciler = reconciler  # server.reconcile.Reconciler
         self.access = access  # server.access.control.AccessControl
+        self.endpoints = endpoints  # server.endpointstore.RegistryEndpointStore
 
     def setup(self, interface) -> None:
         s = self.settings
@@ -38,3 +42,6 @@ class ServerRole(Role):
         if self.access is not None:
             started.append(self.access.start(interface))
         return started
+
+    def endpoint_store(self, interface):
+        return self.endpoints

@@ -9,8 +9,9 @@ Order of bring-up (each OS change recorded in the journal before it is made):
     each role's setup: the roles whose config asks for them (the client's
     full-tunnel policy routing, DNS and kill switch for a /0 in AllowedIPs,
     as wg-quick decides), then those handed in (`tunnel server up`: NAT)
-    PostUp hooks; control socket, metrics, drop summary, fail-over between
-    a peer's endpoints (tunnel/failover.py), roles' services; "ready"
+    PostUp hooks; control socket, metrics, drop summary, the endpoint keeper
+    (handshakes to the peers we had a moment ago: tunnel/resume.py), fail-over
+    between a peer's endpoints (tunnel/failover.py), roles' services; "ready"
 and on SIGINT/SIGTERM the reverse: PreDown, undo everything, PostDown.
 
 Rules kept here:
@@ -34,7 +35,7 @@ from .config import Config
 from .dataplane import DataPlane, log_event
 from .failover import Failover, resolve_endpoints
 from .netconfig import DEFAULT_FWMARK
-from .protocol import Device
+from .protocol import Device, Event
 from .protocol.constants import DEFAULT_MTU, OVERHEAD_IPV6
 from .resolve import EndpointResolutionError, Reresolver, Resolve, endpoint_tuple, in_thread, resolve_endpoint
 from .services import ServiceError, start_services
@@ -93,6 +94,8 @@ class Interface:
         # and to the metrics (functions yielding Prometheus metric families); read on each request.
         self.status_providers: dict[str, Callable[[], dict]] = {}
         self.metric_families: list[Callable[[], Iterable]] = []
+        # Called in the loop's thread with each of the core's events (after the log line).
+        self.event_listeners: list[Callable[[Event], None]] = []
         self.full_tunnel = (False, False)  # (v4, v6): AllowedIPs holds 0.0.0.0/0, ::/0
         self.table = _table_setting(config.interface.table)  # "auto", "off" or a table
         self.roles: list[role.Role] = []
@@ -169,11 +172,9 @@ class Interface:
         self.roles = self._roles()
         for r in self.roles:
             r.setup(self)
+        # The first handshakes (to configured endpoints, and to the peers of the last run)
+        # are the endpoint keeper's, a service: paced, once the loop runs.
         self.plane = DataPlane(self.device, self.tun, self.udp, on_event=self._on_event)
-        now = time.monotonic()
-        for peer in self.device.peers.values():
-            if peer.endpoint is not None and peer.persistent_keepalive:
-                self.plane.perform(self.device.send_keepalive(peer, now), now)
         hooks.run_hooks(iface.post_up, self.name, "PostUp")
         log.info("%s: up, listening on UDP port %d, %d peer(s), MTU %d", self.name, self.udp.port, len(cfg.peers), mtu)
 
@@ -183,6 +184,8 @@ class Interface:
         self.reresolver.on_event(ev)
         if self.failover is not None:
             self.failover.on_event(ev)
+        for listener in self.event_listeners:
+            listener(ev)
 
     def _in_loop(self, fn: Callable[[], None]) -> None:
         assert self.plane is not None

@@ -9,7 +9,11 @@ reaches for them (wireguard-go's device/ knows nothing of wg-quick):
   the change (`@undoer` in tunnel/undo.py);
 - `services(interface)`: things that run beside the data plane (each with a
   `close()`), started after the library's own (control socket, metrics, drop
-  summary) and closed before them.
+  summary) and closed before them;
+- `endpoint_store(interface)`: where the peers' last endpoints are kept for
+  resuming sessions after a restart (tunnel/resume.py); the first role that
+  hands one in is used, else the interface's own file (`tunnel server up`
+  hands in the registry's table).
 A role class may apply itself to an interface whose config asks for it
 (`for_interface` returns an instance, as wg-quick turns on policy routing
 for a /0 in AllowedIPs: the client's); other roles are handed in by whoever
@@ -69,6 +73,10 @@ class Role:
     def services(self, interface: Any) -> list:
         """Started services (objects with `close()`) for a brought-up INTERFACE."""
         return []
+
+    def endpoint_store(self, interface: Any) -> Any:
+        """A tunnel.endpointstore.EndpointStore for INTERFACE, or None to leave it to others."""
+        return None
 
 
 class SetupSteps(Role):

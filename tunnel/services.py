@@ -3,6 +3,8 @@
 - the control socket (wg show / wg set / tunnel show / server add-client);
 - the Prometheus endpoint when the config sets MetricsAddress;
 - the periodic drop summary in the log;
+- the endpoint keeper: sessions resumed at start, the peers' endpoints
+  recorded while running (tunnel/resume.py; its store may be a role's);
 - then whatever each role of the interface hands in (Role.services).
 
 These serve client and server interfaces alike: nothing here is a role's.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from . import control, droplog, metrics
+from . import control, droplog, metrics, resume
 
 log = logging.getLogger("tunnel")
 
@@ -42,6 +44,7 @@ def start_services(interface, roles=(), socket_dir: str = control.SOCKET_DIR) ->
         if served is not None:
             started.append(served)
         started.append(droplog.DropSummary(interface.name, interface.plane.stats))
+        started.append(resume.start(interface, roles))
         for role in roles:
             started.extend(role.services(interface))
     except Exception as exc:  # each started one is closed, whatever failed

@@ -166,6 +166,8 @@ def start_tunnel(ns: Netns, workdir: str, config_text: str, args: Sequence[str] 
     log_path = os.path.join(base, f"{ifname}.log")
     # READY=1 arrives here; a path (an abstract name would stay in our namespace).
     notify_path = os.path.join(base, f"{ifname}.notify")
+    if os.path.exists(notify_path):  # an earlier run of the same interface (a restart)
+        os.unlink(notify_path)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     notify.bind(notify_path)
     env = tunnel_env(state_dir)
