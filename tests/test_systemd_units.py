@@ -64,6 +64,8 @@ def test_units_are_notify_restart_and_hardened(name):
     assert keys["NoNewPrivileges"] == ["yes"]
     # Initiation timestamps come from the wall clock: start once it is synchronised where a sync service runs.
     assert "time-sync.target" in keys["After"][0].split()
+    if name == "tunnel@.service":  # the endpoint file (tunnel/endpointstore.py) is in /var/lib/tunnel
+        assert keys["StateDirectory"] == ["tunnel"] and keys["StateDirectoryMode"] == ["0700"]
 
 
 def test_notify_without_socket_does_nothing(monkeypatch):
