@@ -49,9 +49,10 @@ log = logging.getLogger("tunnel")
 # restart that takes a minute; a peer quiet for longer had no session left,
 # and it handshakes by itself when it has something to send.
 RESUME_WINDOW = REJECT_AFTER_TIME + 120.0
-# Measured (bench/restart.py --cost): an initiation ~0.2 ms of the loop's CPU,
-# the response it brings back ~0.2 ms; 500 a second is a fifth of a core at
-# most, 10,000 peers in 20 s. A batch of 10 holds the loop ~2 ms.
+# Measured (bench/restart.py --cost, a 2-core VM): an initiation costs the
+# loop ~0.13 ms of CPU, the response it brings back ~0.15 ms; 500 a second is
+# ~15% of a core, 10,000 peers in 20 s, and a batch of 10 holds the loop
+# ~1.5 ms (what a packet in flight may wait).
 RESUME_RATE = 500.0  # initiations a second
 RESUME_BURST = 10  # initiations handed to the loop at once
 
