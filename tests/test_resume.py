@@ -326,10 +326,11 @@ class _Interface:
 def test_keeper_initiates_to_configured_then_stored_peers_and_records_events():
     now = time.time()
     device = Device(os.urandom(32), wall_epoch=now - time.monotonic())
-    device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.1.0.0/24"], endpoint=("192.0.2.1", 51820))
+    server = device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.1.0.0/24"], endpoint=("192.0.2.1", 51820))
     roamer = device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.2.0.2/32"])
     quiet = device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.2.0.3/32"])
-    store = MemoryStore([SeenEndpoint(roamer.public_key, ("198.51.100.7", 4444), now - 30),
+    store = MemoryStore([SeenEndpoint(server.public_key, ("198.51.100.1", 1), now - 10),  # its Endpoint stands
+                         SeenEndpoint(roamer.public_key, ("198.51.100.7", 4444), now - 30),
                          SeenEndpoint(quiet.public_key, ("198.51.100.8", 5555), now - RESUME_WINDOW - 60)])
     iface = _Interface(device, time.monotonic)
     keeper = EndpointKeeper(iface, store)
@@ -340,7 +341,7 @@ def test_keeper_initiates_to_configured_then_stored_peers_and_records_events():
 
         _wait(lambda: initiated() == {("192.0.2.1", 51820), ("198.51.100.7", 4444)})
         assert roamer.endpoint == ("198.51.100.7", 4444) and quiet.endpoint is None
-        assert keeper.started == 2
+        assert server.endpoint == ("192.0.2.1", 51820) and keeper.started == 2
         assert iface.event_listeners == [keeper.recorder.on_event]
         iface.event_listeners[0](Event("handshake_completed", roamer))
         _wait(lambda: store.saves)

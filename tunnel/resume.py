@@ -190,6 +190,7 @@ class EndpointKeeper:
         self.pacer = Pacer(plane.call_soon_threadsafe, self._start_batch, clock=clock)
         # Read before the loop runs (this is the only thread now): who has an Endpoint of its own.
         configured = [key for key, peer in device.peers.items() if peer.endpoint is not None]
+        self.configured = frozenset(configured)
         self.pacer.add(resume_targets(configured, ()))
         self.pacer.start()
         interface.event_listeners.append(self.recorder.on_event)
@@ -202,12 +203,15 @@ class EndpointKeeper:
     def _loaded(self, records: list[SeenEndpoint]) -> None:
         """In the recorder's thread: the store's recent records, for the pacer (picked in the loop's
         thread, which owns the peers)."""
+        records = [r for r in records if r.public_key not in self.configured]  # already under way
         if not records:
             return
         device, name, where = self.interface.device, self.interface.name, self.store.where
 
         def pick() -> None:
             targets = resume_targets((), records, device.peers)
+            if not targets:
+                return
             log.info("%s: resuming %d peer(s) seen in the last %.0f s (from %s)", name, len(targets),
                      self.window, where)
             self.pacer.add(targets)
