@@ -132,7 +132,10 @@ def test_a_writer_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_pa
     rng = random.Random(7)
     generations: set[float] = set()
     torn = 0  # kills that left a temporary file: they landed mid-write
-    for run in range(30):
+    # Until kills have landed both mid-write and between writes often enough (a bound against a hang).
+    for run in range(400):
+        if torn >= 3 and len(generations) >= 5:
+            break
         pid = os.fork()
         if pid == 0:  # the writer: whole generations, one after another, until killed
             try:
