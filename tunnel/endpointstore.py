@@ -165,9 +165,12 @@ class FileEndpointStore:
             log.warning("endpoints: %s cannot be read (%s): starting without it", self.path, why)
             return {}
         peers = data.get("peers") if isinstance(data, dict) else None
+        if not isinstance(peers, dict):
+            log.warning("endpoints: %s holds no peers: starting without it", self.path)
+            return {}
         out: dict[bytes, SeenEndpoint] = {}
         skipped = 0
-        for key_text, entry in (peers or {}).items() if isinstance(peers, dict) else ():
+        for key_text, entry in peers.items():
             try:
                 key = decode_key(key_text)
                 if len(key) != KEY_LEN:
