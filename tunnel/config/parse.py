@@ -35,6 +35,22 @@ _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # --- value parsers: each takes the value text, returns the value or raises _Bad ---
 
 
+# A run of base64 (or hex) characters long enough to be a key or a good part of
+# one: a value holding one is described, never quoted. A long host name label
+# is hidden too, a small price for a rule with no exceptions.
+_SECRETISH = re.compile(r"[A-Za-z0-9+/]{20,}")
+HIDDEN = "a value that may hold a key (not shown)"
+
+
+def _looks_secret(text: str) -> bool:
+    return _SECRETISH.search(text) is not None
+
+
+def quote_value(text: str) -> str:
+    """TEXT quoted for a message, or a description of it when it may be key material."""
+    return HIDDEN if _looks_secret(text) else repr(text)
+
+
 class _Bad(Exception):
     """What is wrong with one value; the caller adds file, line and key.
 
@@ -56,10 +72,10 @@ def _key(text: str) -> bytes:
 
 def _uint(text: str, lo: int, hi: int, what: str) -> int:
     if not text.isascii() or not text.isdigit():
-        raise _Bad(f"{text!r} is not {what}")
+        raise _Bad(f"{quote_value(text)} is not {what}")
     n = int(text)
     if not lo <= n <= hi:
-        raise _Bad(f"{text!r} is not {what}")
+        raise _Bad(f"{quote_value(text)} is not {what}")
     return n
 
 
@@ -77,11 +93,11 @@ def _ip_interface(text: str, what: str) -> IPInterface:
     try:
         addr = _ip_address(addr_text)
     except ValueError:
-        raise _Bad(f"{text!r} is not {what}") from None
+        raise _Bad(f"{quote_value(text)} is not {what}") from None
     if not slash:
         return ipaddress.ip_interface(addr)
     if not prefix_text.isascii() or not prefix_text.isdigit() or int(prefix_text) > addr.max_prefixlen:
-        raise _Bad(f"{text!r} is not {what}")
+        raise _Bad(f"{quote_value(text)} is not {what}")
     return ipaddress.ip_interface(f"{addr}/{int(prefix_text)}")
 
 
@@ -97,35 +113,40 @@ def _hostname(text: str) -> bool:
     return all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
+def _host(text: str, host: str) -> str:
+    # Quoted once only: when the whole value is hidden, so is its host.
+    return "its host" if _looks_secret(text) else repr(host)
+
+
 def _endpoint(text: str) -> tuple[str, int]:
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
-            raise _Bad(f"{text!r} has no closing ']'")
+            raise _Bad(f"{quote_value(text)} has no closing ']'")
         if not rest.startswith(":"):
-            raise _Bad(f"{text!r} has no port")
+            raise _Bad(f"{quote_value(text)} has no port")
         port_text = rest[1:]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Bad(f"{text!r}: {host!r} is not an IPv6 address") from None
+            raise _Bad(f"{quote_value(text)}: {_host(text, host)} is not an IPv6 address") from None
     else:
         host, colon, port_text = text.rpartition(":")
         if not colon:
-            raise _Bad(f"{text!r} has no port")
+            raise _Bad(f"{quote_value(text)} has no port")
         if ":" in host:
-            raise _Bad(f"{text!r}: write an IPv6 endpoint as [address]:port")
+            raise _Bad(f"{quote_value(text)}: write an IPv6 endpoint as [address]:port")
         if not _hostname(host):
-            raise _Bad(f"{text!r}: {host!r} is neither an IP address nor a host name")
+            raise _Bad(f"{quote_value(text)}: {_host(text, host)} is neither an IP address nor a host name")
         if host.replace(".", "").isdigit():
             try:
                 IPv4Address(host)
             except ValueError:
-                raise _Bad(f"{text!r}: {host!r} is not an IPv4 address") from None
+                raise _Bad(f"{quote_value(text)}: {_host(text, host)} is not an IPv4 address") from None
     try:
         return host, _uint(port_text, 1, 65535, "a port (1-65535)")
     except _Bad as bad:
-        raise _Bad(f"{text!r}: {bad}") from None
+        raise _Bad(f"{quote_value(text)}: {bad}") from None
 
 
 def _fwmark(text: str) -> int:
@@ -139,7 +160,7 @@ def _fwmark(text: str) -> int:
     else:
         value = -1
     if not 0 <= value <= 0xFFFFFFFF:
-        raise _Bad(f"{text!r} is neither off nor a number 0-0xffffffff")
+        raise _Bad(f"{quote_value(text)} is neither off nor a number 0-0xffffffff")
     return value
 
 
@@ -157,14 +178,14 @@ def _table(text: str) -> str:
         return str(_uint(text, 0, 0xFFFFFFFF, "a table number"))
     if _TABLE_NAME.fullmatch(text):
         return text
-    raise _Bad(f"{text!r} is neither off, auto, a number nor a table name")
+    raise _Bad(f"{quote_value(text)} is neither off, auto, a number nor a table name")
 
 
 def _bool(text: str) -> bool:
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
-    raise _Bad(f"{text!r} is neither true nor false")
+    raise _Bad(f"{quote_value(text)} is neither true nor false")
 
 
 # --- the parser ---------------------------------------------------------------------
@@ -215,11 +236,11 @@ class _Parser:
                     try:
                         f["dns"].append(_ip_address(item))
                     except ValueError:
-                        raise _Bad(f"{item!r} is not an IP address") from None
+                        raise _Bad(f"{quote_value(item)} is not an IP address") from None
                 elif _hostname(item):
                     f["dns_search"].append(item)
                 else:
-                    raise _Bad(f"{item!r} is neither an IP address nor a search domain")
+                    raise _Bad(f"{quote_value(item)} is neither an IP address nor a search domain")
 
         def mtu(v: str) -> None:
             f["mtu"] = _uint(v, 0, 1 << 32, "a number")
@@ -326,16 +347,23 @@ class _Parser:
                     self.peers.append((self.lineno, peer))
                     peer_handlers = self._peer_handlers(peer)
                 else:
-                    raise self.fail(f"unknown section {content!r}; expected [Interface] or [Peer]")
+                    raise self.fail(f"unknown section {quote_value(content)}; expected [Interface] or [Peer]")
                 continue
             key, eq, value = content.partition("=")
             key, value = key.strip(), value.strip()
+            low = key.lower()
+            known = low in interface_keys or low in peer_keys or low in InterfaceConfig.EXTENSION_KEYS \
+                or low in PeerConfig.EXTENSION_KEYS
+            if not known and _looks_secret(key):
+                # A base64 key on a line of its own ends in '=' and would read as
+                # its own key name: say so without quoting it.
+                raise self.fail("this line holds what looks like a key where a name should be (not shown); "
+                                "expected 'Key = Value' (is 'PrivateKey =' or 'PublicKey =' missing?)")
             if not eq or not key:
                 # Not echoed: a stray line may well be a pasted key.
                 raise self.fail("expected 'Key = Value', [Interface] or [Peer]")
-            low = key.lower()
             if self.section is None:
-                raise self.fail(f"{key} comes before any [Interface] or [Peer] section")
+                raise self.fail(f"{HIDDEN if _looks_secret(key) else key} comes before any [Interface] or [Peer] section")
             if self.section == "interface":
                 handlers, ext, target, here, there = (
                     iface_handlers, InterfaceConfig.EXTENSION_KEYS, self.iface, "[Interface]", "[Peer]")
@@ -360,7 +388,7 @@ class _Parser:
             elif low in elsewhere:
                 raise self.fail(f"{name} belongs in {there}, not in {here}")
             else:
-                raise self.fail(f"unknown key {key!r} in {here}")
+                raise self.fail(f"unknown key {quote_value(key)} in {here}")
 
         return self._finish()
 
