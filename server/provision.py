@@ -292,7 +292,7 @@ def join_server(directory: str | None, ifname: str | None, registry: str, *, gat
 @dataclass
 class AddedClient:
     name: str
-    config_text: str
+    config_text: str = field(repr=False)  # holds the client's private key
     addresses: list[str]
     groups: tuple[str, ...]
     expires_at: float | None

@@ -47,7 +47,7 @@ APPLY_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class DesiredPeer:
     name: str
-    preshared_key: bytes  # all zero: none
+    preshared_key: bytes = field(repr=False)  # all zero: none
     allowed_ips: tuple[str, ...]
 
 

@@ -66,7 +66,7 @@ class Context:
     """What a request may read and change: the running interface's pieces."""
 
     device: Any  # tunnel.protocol.Device
-    private_key: bytes | None  # None: the interface has none yet
+    private_key: bytes | None = field(repr=False)  # None: the interface has none yet
     listen_port: int
     fwmark: int  # 0: off
     now: Callable[[], float]  # monotonic clock, as the data plane's
@@ -178,7 +178,7 @@ class PeerChange:
     public_key: bytes
     remove: bool = False
     update_only: bool = False
-    preshared_key: Any = _UNSET  # bytes (all zero: none)
+    preshared_key: Any = field(default=_UNSET, repr=False)  # bytes (all zero: none)
     endpoint: Any = _UNSET  # socket-address tuple
     keepalive: Any = _UNSET  # int
     replace_allowed_ips: bool = False
@@ -188,7 +188,7 @@ class PeerChange:
 
 @dataclass
 class SetRequest:
-    private_key: Any = _UNSET
+    private_key: Any = field(default=_UNSET, repr=False)
     listen_port: Any = _UNSET
     fwmark: Any = _UNSET
     replace_peers: bool = False
