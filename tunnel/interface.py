@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from . import hooks, netconfig, role, sdnotify
-from .config import Config
+from .config import MTU_MIN_IPV6, Config
 from .dataplane import DataPlane, log_event
 from .failover import Failover, resolve_endpoints
 from .netconfig import DEFAULT_FWMARK
@@ -132,6 +132,17 @@ class Interface:
                 endpoints[p.public_key] = self._resolve(p.endpoint)
         every = [*endpoints.values(), *(e.address for found in choices.values() for e in found)]
         mtu = iface.mtu or _derive_mtu(every)
+        addresses = [str(a) for a in iface.addresses]
+        if mtu < MTU_MIN_IPV6:
+            # Linux turns IPv6 off on a link below 1280 (the parser refuses such an
+            # MTU= with an IPv6 Address; a derived one is taken, as wg-quick does):
+            # carry IPv4 only, and let the client role block IPv6 instead of routing it here.
+            why = "" if iface.mtu else f" (the route to the endpoint's MTU less {OVERHEAD_IPV6})"
+            log.warning("%s: MTU %d%s: IPv6 inside the tunnel needs 1280, so this interface carries IPv4 only",
+                        self.name, mtu, why)
+            addresses = [a for a in addresses if ":" not in a]
+            allowed = [a for a in allowed if ":" not in a]
+            self.full_tunnel = (self.full_tunnel[0], False)
         self.journal.record("link", ifname=self.name)
         try:
             self.tun = Tun(self.name, vnet_hdr=self.options.vnet_hdr, offload=self.options.vnet_hdr)
@@ -139,7 +150,7 @@ class Interface:
             raise InterfaceError(f"cannot create {self.name}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise InterfaceError(str(exc)) from None
-        netconfig.set_up(self.journal, self.name, [str(a) for a in iface.addresses], mtu)
+        netconfig.set_up(self.journal, self.name, addresses, mtu)
 
         try:
             self.udp = UdpEndpoint(iface.listen_port or 0, fwmark=self.fwmark or 0,
@@ -294,8 +305,9 @@ def down(name: str, state_dir: str | None = None) -> list[str]:
 
 
 def _derive_mtu(endpoints) -> int:
-    """wg-quick's rule: the MTU of the route to each endpoint less 80 (IPv6's overhead,
-    so the MTU still fits if the endpoint roams to IPv6); 1420 without endpoints."""
+    """wg-quick's rule: the smallest MTU of the routes to the endpoints less 80 (IPv6's
+    overhead, so the MTU still fits if the endpoint roams to IPv6), however small (a
+    bigger one would not fit the path); 1420 without endpoints or routes."""
     best = None
     for ep in endpoints:
         try:
@@ -305,7 +317,7 @@ def _derive_mtu(endpoints) -> int:
         if route.mtu:
             m = route.mtu - OVERHEAD_IPV6
             best = m if best is None else min(best, m)
-    return best if best and best >= 1280 else DEFAULT_MTU
+    return best if best is not None else DEFAULT_MTU
 
 
 def _table_setting(table: str | None) -> str:
