@@ -135,6 +135,24 @@ def test_endpoints_must_be_numeric_ip_port(ctx, bad):
     assert _set(ctx, f"public_key={pub.hex()}", f"endpoint={bad}") == f"errno=-{errno.EINVAL}\n\n"
 
 
+@pytest.mark.parametrize("text, sockaddr, shown", [
+    ("192.0.2.1:51820", ("192.0.2.1", 51820), "192.0.2.1:51820"),
+    ("[::ffff:192.0.2.1]:51820", ("192.0.2.1", 51820), "192.0.2.1:51820"),  # the IPv4 peer it names
+    ("[::ffff:c000:201]:51820", ("192.0.2.1", 51820), "192.0.2.1:51820"),
+    ("[fd00::1]:51820", ("fd00::1", 51820, 0, 0), "[fd00::1]:51820"),
+    ("[fe80::1%lo]:51820", ("fe80::1", 51820, 0, 1), "[fe80::1%lo]:51820"),  # the scope kept, by name
+    ("[fe80::1%1]:51820", ("fe80::1", 51820, 0, 1), "[fe80::1%lo]:51820"),
+])
+def test_endpoint_forms_wg_sends(text, sockaddr, shown):
+    assert uapi.parse_endpoint(text) == sockaddr
+    assert uapi.format_endpoint(sockaddr) == shown
+
+
+def test_a_scope_no_interface_has_is_refused(ctx):
+    pub = DH_PUBKEY(_key())
+    assert _set(ctx, f"public_key={pub.hex()}", "endpoint=[fe80::1%nosuchif0]:1") == f"errno=-{errno.EINVAL}\n\n"
+
+
 def test_unknown_command_and_extended_status(ctx):
     assert uapi.handle("frob=1", ctx) == f"errno=-{errno.EINVAL}\n\n"
     ctx.device.add_peer(DH_PUBKEY(_key()), allowed_ips=["10.0.0.2/32"], name="bob")

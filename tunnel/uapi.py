@@ -7,7 +7,8 @@ A request is lines of `key=value` ending with an empty line:
                         counters, drops), then `errno=0`; `wg` never sends it.
 
 Rules kept here:
-- pure: text and a Context in, text out; the control socket does the I/O
+- pure: text and a Context in, text out (but for the interface index of a
+  link-local endpoint's scope name); the control socket does the I/O
   and the caller's clock gives `now`;
 - a set request is parsed and checked whole before anything changes, so a
   bad line leaves the running interface exactly as it was;
@@ -39,6 +40,7 @@ from typing import Any, Callable
 
 from .protocol.constants import KEY_LEN
 from .protocol.crypto import clamp, encode_key
+from .resolve import EndpointResolutionError, endpoint_tuple, format_endpoint, scope_index
 
 log = logging.getLogger("tunnel")
 
@@ -79,11 +81,6 @@ class Context:
 
 
 # --- get ----------------------------------------------------------------------------
-
-
-def format_endpoint(endpoint) -> str:
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _handshake_time(ctx: Context, peer) -> tuple[int, int]:
@@ -218,7 +215,8 @@ def _true(value: str, what: str) -> bool:
 
 
 def parse_endpoint(value: str) -> tuple:
-    """`1.2.3.4:51820` or `[fd00::1]:51820` (numeric only, as wg sends) to a socket address."""
+    """`1.2.3.4:51820`, `[fd00::1]:51820` or `[fe80::1%eth0]:51820` (numeric, as wg sends) to a
+    socket address; a v4-mapped address becomes IPv4, a scope name its interface index."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise UapiError(E.EINVAL, "endpoint must be IP:port")
@@ -226,15 +224,18 @@ def parse_endpoint(value: str) -> tuple:
         host = host[1:-1]
     scope = 0
     if "%" in host:
-        host, _, scope_text = host.partition("%")
-        scope = int(scope_text) if scope_text.isdigit() else 0
+        host, _, zone = host.partition("%")
+        try:
+            scope = scope_index(zone)
+        except EndpointResolutionError as exc:
+            raise UapiError(E.EINVAL, f"endpoint: {exc}") from None
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise UapiError(E.EINVAL, "endpoint host must be a numeric IP address") from None
     if addr.version == 4:
         return (str(addr), int(port))
-    return (str(addr), int(port), 0, scope)
+    return endpoint_tuple((str(addr), int(port), 0, scope))
 
 
 def _prefix(value: str) -> tuple[int, int, int]:

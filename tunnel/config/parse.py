@@ -127,9 +127,11 @@ def _endpoint(text: str) -> tuple[str, int]:
             raise _Bad(f"{quote_value(text)} has no port")
         port_text = rest[1:]
         try:
-            ipaddress.IPv6Address(host)
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
         except ValueError:
             raise _Bad(f"{quote_value(text)}: {_host(text, host)} is not an IPv6 address") from None
+        if mapped is not None:  # [::ffff:192.0.2.1] is an IPv4 peer: say so from the start
+            host = str(mapped)
     else:
         host, colon, port_text = text.rpartition(":")
         if not colon:

@@ -47,6 +47,7 @@ from typing import Callable
 
 from ..protocol import Device, Drop, Event, SendDatagram, WritePacket
 from ..protocol.crypto import encode_key
+from ..resolve import format_endpoint as _format_endpoint
 from . import drops as D
 from .io import TunGone
 from .receive import UDP_READS_PER_TURN, Receiver
@@ -309,10 +310,7 @@ class DataPlane:
 
 
 def format_endpoint(endpoint) -> str:
-    if endpoint is None:
-        return "(none)"
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "(none)" if endpoint is None else _format_endpoint(endpoint)
 
 
 def peer_name(peer) -> str:
