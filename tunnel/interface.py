@@ -107,6 +107,9 @@ class Interface:
     def bring_up(self) -> None:
         cfg = self.config
         iface = cfg.interface
+        elsewhere = self.journal.elsewhere()
+        if elsewhere:  # not ours to undo, nor to write into: the other run's changes stay listed
+            raise InterfaceError(f"{self.name}: {elsewhere}")
         if self.journal.pending:
             log.info("%s: undoing what an earlier run left behind", self.name)
             for failure in self.journal.undo_all():
@@ -289,8 +292,9 @@ class Interface:
         if self.tun is not None:
             self.tun.close()
             self.tun = None
-        for failure in self.journal.undo_all():
-            log.warning("%s: %s", self.name, failure)
+        if self.journal.elsewhere() is None:  # else bring-up refused it and changed nothing
+            for failure in self.journal.undo_all():
+                log.warning("%s: %s", self.name, failure)
         try:
             hooks.run_hooks(iface.post_down, self.name, "PostDown")
         except hooks.HookError as exc:
@@ -298,10 +302,18 @@ class Interface:
 
 
 def down(name: str, state_dir: str | None = None) -> list[str]:
-    """Remove whatever a crashed `up` of interface `name` left; safe to run twice."""
+    """Remove whatever a crashed `up` of interface `name` left; safe to run twice.
+
+    Raises InterfaceError if that run was in another network namespace (its
+    journal is left for `tunnel down` there).
+    """
     # The journal holds every change the run made (the TUN link, addresses,
     # routes, rules, nft tables, DNS, sysctls, the control socket).
-    return Journal.for_interface(name, state_dir).undo_all()
+    journal = Journal.for_interface(name, state_dir)
+    elsewhere = journal.elsewhere()
+    if elsewhere:
+        raise InterfaceError(f"{name}: {elsewhere}")
+    return journal.undo_all()
 
 
 def _derive_mtu(endpoints) -> int:

@@ -66,7 +66,10 @@ def run_down(target: str, state_dir: str | None = None) -> str | None:
     problem = _privileges()
     if problem:
         return problem
-    failures = down(name, state_dir)
+    try:
+        failures = down(name, state_dir)
+    except InterfaceError as exc:
+        return str(exc)
     if failures:
         return f"{name}: some changes could not be undone (run `tunnel down {name}` again): " + "; ".join(failures)
     log.info("%s: nothing of ours is left", name)
