@@ -22,6 +22,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -116,7 +117,7 @@ class Interface:
                 log.warning("%s: %s", self.name, failure)
         hooks.run_hooks(iface.pre_up, self.name, "PreUp")
 
-        allowed = [str(n) for p in cfg.peers for n in p.allowed_networks()]
+        allowed = [n for p in cfg.peers for n in p.allowed_networks()]  # objects: parsed once, not per use
         self.full_tunnel = netconfig.is_full_tunnel(allowed)
         full = any(self.full_tunnel)
         fwmark = iface.fwmark
@@ -144,7 +145,7 @@ class Interface:
             log.warning("%s: MTU %d%s: IPv6 inside the tunnel needs 1280, so this interface carries IPv4 only",
                         self.name, mtu, why)
             addresses = [a for a in addresses if ":" not in a]
-            allowed = [a for a in allowed if ":" not in a]
+            allowed = [n for n in allowed if n.version == 4]
             self.full_tunnel = (self.full_tunnel[0], False)
         self.journal.record("link", ifname=self.name)
         try:
@@ -166,7 +167,7 @@ class Interface:
             self.device.add_peer(
                 p.public_key,
                 preshared_key=p.preshared_key,
-                allowed_ips=[str(n) for n in p.allowed_networks()],
+                allowed_ips=p.allowed_networks(),
                 endpoint=endpoints.get(p.public_key),
                 persistent_keepalive=p.persistent_keepalive or 0,
                 name=p.name,
@@ -190,6 +191,8 @@ class Interface:
                 self.plane.perform(self.device.send_keepalive(peer, now), now)
         hooks.run_hooks(iface.post_up, self.name, "PostUp")
         log.info("%s: up, listening on UDP port %d, %d peer(s), MTU %d", self.name, self.udp.port, len(cfg.peers), mtu)
+        # The Device holds the peers now; the config's copies (~1 KB each) go.
+        self.config = dataclasses.replace(cfg, peers=[])
 
     def _on_event(self, ev) -> None:
         assert self.plane is not None
@@ -218,11 +221,11 @@ class Interface:
             log.warning("%s: endpoint %s left out of fail-over until the next start", self.name, failure)
         return found
 
-    def _routes(self, allowed: list[str]) -> None:
+    def _routes(self, allowed: list) -> None:
         if self.table == "off":
             return
         # The /0 networks are policy routing's: a role's (client/), as in wg-quick.
-        _, others = netconfig.split_default_routes(allowed)
+        others = [n for n in allowed if n.prefixlen]
         table_id = None if self.table == "auto" else int(self.table)
         if others:
             netconfig.add_routes(self.journal, self.name, others, table=table_id)

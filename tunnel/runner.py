@@ -43,15 +43,18 @@ def run_up(path: str, *, vnet_hdr: bool = True, killswitch: bool | None = None, 
         log.warning("%s", warning)
     options = Options(vnet_hdr=vnet_hdr, killswitch=killswitch, on_ready=on_ready, state_dir=state_dir,
                       roles=list(roles), extra_setup=list(extra_setup or []), services=list(services or []))
+    name = config.name
     try:
-        Interface(config, options).run()
+        interface = Interface(config, options)
+        config = None  # the interface drops the peers' config once its Device has them: no copy kept here
+        interface.run()
     except (InterfaceError, HookError) as exc:
         return str(exc)
     except OSError as exc:
-        return f"{config.name}: {exc.strerror or exc}"
+        return f"{name}: {exc.strerror or exc}"
     except Exception as exc:  # bring-up pieces (netlink, nft) raise their own types
         log.debug("bring-up failed", exc_info=True)
-        return f"{config.name}: {type(exc).__name__}: {exc}"
+        return f"{name}: {type(exc).__name__}: {exc}"
     return None
 
 
