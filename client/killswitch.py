@@ -121,6 +121,7 @@ def apply_killswitch(journal: Journal, ifname: str, fwmark: int | None,
     """Install (or atomically replace) the kill switch for IFNAME; recorded first."""
     body = ruleset(ifname, fwmark, list(endpoints))
     name = table_name(ifname)
+    nft.require()  # before the journal names a table that could never be made, or undone
     journal.record("nft_table", family="inet", name=name)
     nft.replace_table("inet", name, body)
 

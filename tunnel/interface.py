@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import hooks, netconfig, role, sdnotify
+from . import hooks, metrics, netconfig, role, sdnotify
 from .config import MTU_MIN_IPV6, Config
 from .dataplane import DataPlane, log_event
 from .failover import Failover, resolve_endpoints
@@ -251,6 +251,11 @@ class Interface:
         """Bring up, serve until SIGINT/SIGTERM, tear down. Always tears down."""
         old = {}
         services: list = []
+        try:
+            # What a service will need, asked before anything is changed (not after a full bring-up).
+            metrics.check(self.config.interface.extension("MetricsAddress"))
+        except metrics.MetricsError as exc:
+            raise InterfaceError(f"{self.name}: {exc}") from None
         try:
             self.bring_up()
             assert self.plane is not None

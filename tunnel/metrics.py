@@ -150,6 +150,17 @@ class MetricsServer:
         self.thread.join(5)
 
 
+def check(address: str | None) -> None:
+    """Raise MetricsError unless ADDRESS (MetricsAddress, if any) can be served: asked before bring-up."""
+    if not address:
+        return
+    parse_address(address)
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise MetricsError("MetricsAddress needs the prometheus-client package (pip install 'tunnel[metrics]')")
+
+
 def start(ifname: str, device, stats, address: str | tuple[str, int], families: list | None = None) -> MetricsServer:
     """Serve the metrics of one interface at ADDRESS ("HOST:PORT", or (host, port) where 0 picks one)."""
     try:

@@ -13,6 +13,7 @@ import os
 from .config import ConfigError, interface_name_from_path, load_config
 from .hooks import HookError
 from .interface import Interface, InterfaceError, Options, down
+from .nft import NftError
 
 log = logging.getLogger("tunnel")
 
@@ -50,6 +51,8 @@ def run_up(path: str, *, vnet_hdr: bool = True, killswitch: bool | None = None, 
         interface.run()
     except (InterfaceError, HookError) as exc:
         return str(exc)
+    except NftError as exc:  # e.g. no `nft` for the kill switch: what to install, not a type name
+        return f"{name}: {exc}"
     except OSError as exc:
         return f"{name}: {exc.strerror or exc}"
     except Exception as exc:  # bring-up pieces (netlink, nft) raise their own types
