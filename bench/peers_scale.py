@@ -1,6 +1,6 @@
 """Figures for an interface with many peers; prints, asserts nothing. Needs root.
 
-    .venv/bin/python bench/peers_scale.py [--peers 10000] [--seconds 5] [--runs 1] [--skip add-client,...]
+    .venv/bin/python bench/peers_scale.py [--peers 10000] [--seconds 5] [--runs 3] [--skip add-client,...]
 
 (The script takes /tmp/bench.lock itself while it measures.)
 
@@ -18,6 +18,11 @@ the server's own subnet (10.77.0.0/16: no route each) or outside it
 - `wg showconf` and `wg syncconf` of the same peers (nothing to change), then
   of one more: wall seconds, as Debian's wg talks to our control socket;
 - tear-down: SIGTERM to exit, every change undone.
+
+The cases take turns RUNS times (1 peer, PEERS inside, PEERS outside, 1
+peer, ...) and each figure is the median of its runs, with the range of the
+throughput and CPU figures: "the same per-packet cost" is a claim about
+medians, not about one run on a machine others share.
 
 Then `tunnel server`: a registry with PEERS clients (seeded through the
 registry API), `tunnel server up`, and one `tunnel server add-client`,
@@ -250,6 +255,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", type=int, default=10000)
     ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3 run")
+    ap.add_argument("--runs", type=int, default=3, help="rounds of the cases, taken in turns; medians printed")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: outside, add-client, traffic")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -260,20 +266,28 @@ def main() -> None:
     with open("/tmp/bench.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cases = [(1, True), (args.peers, True)] + ([] if "outside" in skip else [(args.peers, False)])
-        for n, inside in cases:
-            with Lab("hdps") as lab:
-                results.append(one_interface(lab, n, inside, args.seconds, "traffic" not in skip))
-            print(_row(results[-1]), flush=True)
+        every: dict[tuple[int, bool], list[dict]] = {case: [] for case in cases}
+        for _ in range(max(1, args.runs)):
+            for n, inside in cases:
+                with Lab("hdps") as lab:
+                    every[(n, inside)].append(one_interface(lab, n, inside, args.seconds, "traffic" not in skip))
+                print(_row(every[(n, inside)][-1]), flush=True)
+        results = [_median(every[case]) for case in cases]
         added = one_client = None
         if "add-client" not in skip:
             with Lab("hdpa") as lab:
                 one_client = add_client_bench(lab, 1, "srv1")
                 added = add_client_bench(lab, args.peers)
     print()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+          f"medians of {max(1, args.runs)} runs taken in turns")
     print(_HEADER)
     for r in results:
         print(_row(r))
+    for r in results:
+        if r.get("tcp_range"):
+            (t0, t1), (c0, c1) = r["tcp_range"], r["cpu_range"]
+            print(f"  {r['peers']} peers {r['layout']}: TCP {t0:.0f}-{t1:.0f} Mbit/s, {c0:.1f}-{c1:.1f} CPU-s/GB")
     one = results[0]
     for r in results[1:]:
         per_peer = (r["rss_kb"] - one["rss_kb"]) * 1024 / max(1, r["peers"] - 1)
@@ -288,6 +302,20 @@ def main() -> None:
               f"{statistics.median(adds):.2f} s median of {len(adds)} ({min(adds):.2f}-{max(adds):.2f}), daemon CPU "
               f"{statistics.median(added['daemon_cpu_s']):.2f} s each; tear-down {added['down_s']:.2f} s "
               f"(seeded in {added['seed_s']:.0f} s)")
+
+
+def _median(runs: list[dict]) -> dict:
+    """One dict of the runs' medians (and the range of the traffic figures)."""
+    out = dict(runs[0])
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if values and key not in ("peers",):
+            out[key] = statistics.median(values)
+    for key, name in (("tcp_mbps", "tcp_range"), ("cpu_s_per_gb", "cpu_range")):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[name] = (min(values), max(values))
+    return out
 
 
 _HEADER = (f"{'peers':>6} {'AllowedIPs':>10} {'up s':>6} {'up CPU':>6} {'RSS MiB':>8} {'ping s':>6} {'TCP Mb/s':>9} "
