@@ -35,10 +35,11 @@ def apply(interface) -> None:
     v4, v6 = interface.full_tunnel
     families = {f for f, on in ((4, v4), (6, v6)) if on}
     fwmark = interface.fwmark
-    endpoints = {(p.endpoint[0], p.endpoint[1]) for p in interface.device.peers.values() if p.endpoint}
+    # Whole socket addresses: a link-local endpoint keeps its scope (the rule names its interface).
+    endpoints = {tuple(p.endpoint) for p in interface.device.peers.values() if p.endpoint}
     failover = getattr(interface, "failover", None)
     if failover is not None:  # every endpoint a peer may move to, so a switch needs no change here
-        endpoints |= {(a[0], a[1]) for a in failover.addresses()}
+        endpoints |= {tuple(a) for a in failover.addresses()}
     endpoints = sorted(endpoints)
     if killswitch_wanted(interface):
         killswitch.apply_killswitch(journal, ifname, fwmark, endpoints)

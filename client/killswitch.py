@@ -46,6 +46,7 @@ import ipaddress
 from typing import Iterable
 
 from tunnel import nft
+from tunnel.resolve import scope_name
 from tunnel.undo import Journal
 
 DROP_COMMENT = "tunnel kill switch drop"
@@ -58,16 +59,31 @@ def table_name(ifname: str) -> str:
     return nft.table_name("ks", ifname)
 
 
-def _endpoint_rule(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint
+def _endpoint_rule(endpoint: tuple) -> str:
+    """Let UDP to ENDPOINT out: a socket address, (host, port) or (host, port, flowinfo, scope).
+
+    A v4-mapped address is the IPv4 peer it names (our data plane reaches it
+    from its IPv4 socket); a scoped link-local one goes out of its scope's
+    interface only, matched by name as everything here.
+    """
+    host, port = endpoint[0], endpoint[1]
+    scope = endpoint[3] if len(endpoint) > 3 else 0
+    host, _, zone = host.partition("%")
     addr = ipaddress.ip_address(host)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr, scope, zone = addr.ipv4_mapped, 0, ""
     if not 0 < int(port) < 65536:
         raise ValueError(f"bad endpoint port {port!r}")
     proto = "ip" if addr.version == 4 else "ip6"
-    return f"{proto} daddr {addr} udp dport {int(port)} accept"
+    rule = f"{proto} daddr {addr} udp dport {int(port)} accept"
+    if addr.version == 6 and (zone or scope):
+        name = zone if zone and not zone.isdigit() else scope_name(int(zone) if zone else scope)
+        nft.check_ifname(name)
+        rule = f'oifname "{name}" {rule}'
+    return rule
 
 
-def ruleset(ifname: str, fwmark: int | None, endpoints: Iterable[tuple[str, int]] = ()) -> str:
+def ruleset(ifname: str, fwmark: int | None, endpoints: Iterable[tuple] = ()) -> str:
     """The body of the kill switch table (exposed for tests and `tunnel status`)."""
     nft.check_ifname(ifname)
     if fwmark is None and not endpoints:
@@ -101,10 +117,11 @@ def ruleset(ifname: str, fwmark: int | None, endpoints: Iterable[tuple[str, int]
 
 
 def apply_killswitch(journal: Journal, ifname: str, fwmark: int | None,
-                     endpoints: Iterable[tuple[str, int]] = ()) -> None:
+                     endpoints: Iterable[tuple] = ()) -> None:
     """Install (or atomically replace) the kill switch for IFNAME; recorded first."""
     body = ruleset(ifname, fwmark, list(endpoints))
     name = table_name(ifname)
+    nft.require()  # before the journal names a table that could never be made, or undone
     journal.record("nft_table", family="inet", name=name)
     nft.replace_table("inet", name, body)
 

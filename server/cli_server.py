@@ -29,13 +29,18 @@ def _fail(message: str) -> click.ClickException:
 
 
 def _call(fn, *args, **kwargs):
-    """Run a provisioning call; its ProvisionError becomes the one-line CLI error."""
+    """Run a provisioning call; its ProvisionError, or a file we may not touch, becomes the one-line CLI error."""
     from server.provision import ProvisionError
 
     try:
         return fn(*args, **kwargs)
     except ProvisionError as exc:
         raise _fail(str(exc)) from None
+    except PermissionError as exc:  # /etc/wireguard is root's
+        raise _fail(f"{exc.filename or 'a file'}: permission denied: run it as root (sudo), "
+                    "or give --dir a directory of yours") from None
+    except OSError as exc:
+        raise _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
 
 
 def _migrated(result) -> None:
@@ -136,10 +141,21 @@ def up(verbose, no_offload, directory, ifname) -> None:
         raise _fail(failure)
 
 
+def _check_qr(png: str | None, svg: str | None) -> None:
+    """A picture asked for needs the qrcode package: say so before anything is changed."""
+    from server import qr as qrcode
+
+    if (png or svg) and not qrcode.available():
+        raise _fail(f"--png and --svg need {qrcode.INSTALL_HINT}")
+
+
 def _show_qr(text: str, png: str | None, svg: str | None, qr: bool, invert: bool) -> None:
     from server import qr as qrcode
 
-    if qr:
+    if qr and not qrcode.available():
+        # The config above is the whole of it: a missing picture is no failure.
+        click.echo(f"no QR code shown: that needs {qrcode.INSTALL_HINT} (--no-qr: none wanted)", err=True)
+    elif qr:
         click.echo(qrcode.terminal(text, invert=invert), nl=False)
     if png:
         qrcode.write_png(text, png)
@@ -186,6 +202,7 @@ def add_client(name, groups, expires, split, png, svg, qr, invert, directory, if
     """Create client NAME (next free addresses, keys, PSK), print its config and QR code."""
     from server.provision import add_client as add, describe_expiry
 
+    _check_qr(png, svg)
     added = _call(add, directory, ifname, name, groups=groups, expires=expires, split=split)
     _migrated(added)
     click.echo(added.config_text)
@@ -208,6 +225,7 @@ def show_client(name, png, svg, qr, invert, directory, ifname) -> None:
     """Print client NAME's config and QR code again."""
     from server.provision import client_config
 
+    _check_qr(png, svg)
     text = _call(client_config, directory, ifname, name)
     click.echo(text)
     _show_qr(text, png, svg, qr, invert)

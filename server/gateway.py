@@ -89,6 +89,7 @@ def apply_gateway(journal: Journal, ifname: str, pools: list[str], masquerade: b
     # client packet is ever forwarded un-NATed or to another client; undo
     # runs newest first, so forwarding also goes off before the policy goes.
     name = table_name(ifname)
+    nft.require()  # before the journal names a table that could never be made, or undone
     journal.record("nft_table", family="inet", name=name)
     nft.replace_table("inet", name, body)
     if site_routes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import time
@@ -292,7 +293,7 @@ def join_server(directory: str | None, ifname: str | None, registry: str, *, gat
 @dataclass
 class AddedClient:
     name: str
-    config_text: str
+    config_text: str = field(repr=False)  # holds the client's private key
     addresses: list[str]
     groups: tuple[str, ...]
     expires_at: float | None
@@ -313,14 +314,25 @@ def _await_daemon(p: Paths, public_key: str, present: bool, socket_dir: str | No
     deadline = time.monotonic() + CONFIRM_TIMEOUT
     while True:
         try:
-            _, peers = control.parse_get(control.request(p.ifname, "get=1", socket_dir or control.SOCKET_DIR))
+            found = _daemon_has(p.ifname, hex_key, socket_dir or control.SOCKET_DIR)
         except control.ControlError:
             return "not running"
-        if any(x["public_key"] == hex_key for x in peers) == present:
+        if found == present:
             return "applied"
         if time.monotonic() > deadline:
             return "pending"
         time.sleep(0.05)
+
+
+def _daemon_has(ifname: str, hex_key: str, socket_dir: str) -> bool:
+    """Whether the daemon has this peer: asked about it alone (get=tunnel with its key), not all 10,000."""
+    answer = control.request(ifname, f"get=tunnel\npublic_key={hex_key}", socket_dir)
+    for line in answer.split("\n"):
+        if line.startswith("json="):
+            wanted = base64.b64encode(bytes.fromhex(hex_key)).decode()
+            return any(x["public_key"] == wanted for x in json.loads(line[5:])["peers"])
+    _, peers = control.parse_get(control.request(ifname, "get=1", socket_dir))  # not ours: wg's own question
+    return any(x["public_key"] == hex_key for x in peers)
 
 
 def add_client(directory: str | None, ifname: str | None, name: str, *, groups=(), expires: str | None = None,

@@ -29,6 +29,16 @@ class QrUnavailable(Fail):
     """The qrcode package is not installed."""
 
 
+INSTALL_HINT = "the qrcode package (pip install 'tunnel[server]')"
+
+
+def available() -> bool:
+    """Whether the optional qrcode package is installed (asked before anything is changed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("qrcode") is not None
+
+
 def matrix(text: str) -> list[list[bool]]:
     """Rows of modules, True = dark, with the quiet zone included."""
     try:

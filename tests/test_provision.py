@@ -518,12 +518,45 @@ _WITHOUT_QRCODE = ("import sys; sys.modules['qrcode'] = None; from tunnel.cli im
 
 
 def test_without_qrcode_add_client_says_so_in_one_line(srv, tmp_path):
+    """No qrcode: the client is made and its file printed, a one-line note stands for the QR code (exit 0);
+    a picture asked for (--png/--svg) is refused before anything is made."""
     d, _ = srv
-    res = subprocess.run([sys.executable, "-c", _WITHOUT_QRCODE, "server", "add-client", "alice", "--dir", d,
-                          "-i", IF], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, TUNNEL_STATE_DIR=str(tmp_path / "state")))
-    assert res.returncode == 1
-    assert res.stderr.strip().splitlines()[-1] == (
-        "tunnel: QR codes need the qrcode package (pip install 'tunnel[server]'), or use --no-qr")
-    assert "Traceback" not in res.stderr
-    assert "[Interface]" in res.stdout  # the client was made and its file printed before the QR code
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _WITHOUT_QRCODE, "server", *args, "--dir", d, "-i", IF],
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, TUNNEL_STATE_DIR=str(tmp_path / "state")))
+
+    res = run("add-client", "alice")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[0] == (
+        "no QR code shown: that needs the qrcode package (pip install 'tunnel[server]') (--no-qr: none wanted)")
+    assert "[Interface]" in res.stdout
+    res = run("add-client", "bob", "--png", str(tmp_path / "bob.png"))
+    assert res.returncode == 1 and res.stderr == (
+        "tunnel: --png and --svg need the qrcode package (pip install 'tunnel[server]')\n")
+    assert not (tmp_path / "bob.png").exists()
+    with _registry(d) as reg:
+        assert [c.name for c in reg.clients()] == ["alice"]
+
+
+def test_the_server_file_is_written_as_tunnel_config_writes_it(srv):
+    """render writes the server's [Peer] sections as text (10,000 clients: no PeerConfig objects); it must be
+    byte for byte what Config.to_text() makes of the same clients, and parse back to them."""
+    from server import render
+    from server.layout import Local
+
+    d, _ = srv
+    with _registry(d) as reg:
+        reg.add_client("both", encode_key(DH_PUBKEY(os.urandom(32))), preshared_key=encode_key(os.urandom(32)))
+        reg.add_client("v4only", encode_key(DH_PUBKEY(os.urandom(32))), addresses=["10.8.0.5"])
+        reg.add_client("nopsk", encode_key(DH_PUBKEY(os.urandom(32))))
+        snap = reg.snapshot()
+    text = render.server_config(snap, Local(registry="x", gateway="gw1"), 0.0)
+    body = text[text.index("[Interface]"):]
+    built = parse_config(body)
+    expected = Config(built.interface, [render.server_peer(c) for c in snap.active_clients(0.0)]).to_text()
+    assert body == expected
+    assert [(p.name, [str(a) for a in p.allowed_ips], p.preshared_key is not None) for p in built.peers] == [
+        ("both", ["10.8.0.2/32", "fd08::2/128"], True), ("v4only", ["10.8.0.5/32"], False),
+        ("nopsk", ["10.8.0.3/32", "fd08::3/128"], False)]

@@ -164,6 +164,34 @@ def test_diff_updates_only_what_differs():
     assert changes.removed == ["a"] and len(req.peers) == 1 and req.peers[0].remove
 
 
+def test_a_pass_compares_only_what_changed_and_a_full_one_repairs_the_rest(running, monkeypatch):
+    """10,000 clients (issue 9, item 14): a registry change costs the loop the peers it changed; every PERIOD
+    a full comparison puts back what a `wg set` changed in a managed peer."""
+    import server.reconcile as reconcile
+
+    admin, device, rec, clock = running
+    admin.add_client("alice", _key())
+    admin.add_client("bob", _key())
+    assert _wait(lambda: _names(device) == ["alice", "bob"])
+    alice = device.peers[decode_key(admin.client("alice").public_key)]
+    done = threading.Event()
+    rec._plane.call_soon_threadsafe(lambda: (device.allowed_ips.remove_value(alice), done.set()))  # as `wg set`
+    done.wait(5)
+    compared = []
+    real = reconcile.diff_request
+    monkeypatch.setattr(reconcile, "diff_request", lambda dev, want, managed, keys=None: (
+        compared.append(None if keys is None else sorted(want[k].name for k in keys if k in want)),
+        real(dev, want, managed, keys))[1])
+    admin.add_client("carol", _key())
+    assert _wait(lambda: _names(device) == ["alice", "bob", "carol"])
+    assert ["carol"] in compared and None not in compared  # carol alone; alice's drift not looked at
+    assert device.allowed_ips.prefixes(alice) == []
+    rec._full_at -= reconcile.PERIOD  # as if PERIOD seconds had passed
+    rec.apply(admin.snapshot(), clock.now)
+    assert None in compared  # the full comparison
+    assert device.allowed_ips.prefixes(alice) == ["10.8.0.2/32", "fd08::2/128"]
+
+
 def test_listeners_get_every_snapshot(running):
     admin, device, rec, clock = running
     seen = []

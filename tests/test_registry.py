@@ -322,3 +322,21 @@ def test_missing_psycopg_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(postgres, "psycopg", None)
     with pytest.raises(RegistryError, match=r"pip install 'tunnel\[postgres\]'"):
         open_registry("postgresql://u@h/db")
+
+
+@pytest.mark.parametrize("pool", ["10.8.0.0/24", "10.8.0.0/30", "10.8.0.0/31", "10.8.0.7/32", "fd08::/64",
+                                  "fd08::/126", "fd08::/127", "fd08::1/128"])
+def test_addresses_are_allocated_from_the_pools_hosts_as_ipaddress_lists_them(pool):
+    """The allocator steps over integers (10,000 clients); its range is `hosts()`'s."""
+    import ipaddress
+
+    from server.registry.sql import _host_range
+
+    net = ipaddress.ip_network(pool)
+    hosts = [int(h) for h in net.hosts()] if net.num_addresses <= 256 else None
+    first, last = _host_range(net)
+    if hosts is not None:
+        assert (first, last) == (hosts[0], hosts[-1]) and len(hosts) == last - first + 1
+    else:
+        assert first == int(next(iter(net.hosts())))
+        assert last == int(net.broadcast_address)

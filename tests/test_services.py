@@ -6,6 +6,7 @@ The control socket and the UAPI behind it: tests/test_uapi.py.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import urllib.request
 
@@ -39,6 +40,22 @@ def test_metrics_endpoint_uses_exporter_names():
     assert 'tunnel_packets_total{direction="rx",interface="wgm"} 7.0' in body
     assert 'tunnel_cookie_replies_total{interface="wgm"} 3.0' in body
     assert 'tunnel_endpoint_switches_total{interface="wgm"} 2.0' in body
+
+
+def test_metrics_address_of_a_port_alone_is_loopback():
+    """`MetricsAddress = 9586` binds 127.0.0.1, never every address (issue 9, item 10)."""
+    assert metrics.parse_address("9586") == ("127.0.0.1", 9586)
+    assert metrics.parse_address("0.0.0.0:9586") == ("0.0.0.0", 9586)
+    assert metrics.parse_address("[::]:9586") == ("::", 9586)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    served = metrics.start("wgl", Device(os.urandom(32), wall_epoch=0.0), Stats(), str(port))
+    try:
+        assert served.httpd.server_address[:2] == ("127.0.0.1", port)
+    finally:
+        served.close()
 
 
 @pytest.mark.parametrize("bad", ["nohost:", "1.2.3.4:70000", "example.com:9100"])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
+import select
 import socket
+import threading
 
 import pytest
 
@@ -135,6 +138,24 @@ def test_endpoints_must_be_numeric_ip_port(ctx, bad):
     assert _set(ctx, f"public_key={pub.hex()}", f"endpoint={bad}") == f"errno=-{errno.EINVAL}\n\n"
 
 
+@pytest.mark.parametrize("text, sockaddr, shown", [
+    ("192.0.2.1:51820", ("192.0.2.1", 51820), "192.0.2.1:51820"),
+    ("[::ffff:192.0.2.1]:51820", ("192.0.2.1", 51820), "192.0.2.1:51820"),  # the IPv4 peer it names
+    ("[::ffff:c000:201]:51820", ("192.0.2.1", 51820), "192.0.2.1:51820"),
+    ("[fd00::1]:51820", ("fd00::1", 51820, 0, 0), "[fd00::1]:51820"),
+    ("[fe80::1%lo]:51820", ("fe80::1", 51820, 0, 1), "[fe80::1%lo]:51820"),  # the scope kept, by name
+    ("[fe80::1%1]:51820", ("fe80::1", 51820, 0, 1), "[fe80::1%lo]:51820"),
+])
+def test_endpoint_forms_wg_sends(text, sockaddr, shown):
+    assert uapi.parse_endpoint(text) == sockaddr
+    assert uapi.format_endpoint(sockaddr) == shown
+
+
+def test_a_scope_no_interface_has_is_refused(ctx):
+    pub = DH_PUBKEY(_key())
+    assert _set(ctx, f"public_key={pub.hex()}", "endpoint=[fe80::1%nosuchif0]:1") == f"errno=-{errno.EINVAL}\n\n"
+
+
 def test_unknown_command_and_extended_status(ctx):
     assert uapi.handle("frob=1", ctx) == f"errno=-{errno.EINVAL}\n\n"
     ctx.device.add_peer(DH_PUBKEY(_key()), allowed_ips=["10.0.0.2/32"], name="bob")
@@ -222,6 +243,43 @@ def test_a_client_that_never_reads_does_not_stall_the_server(served):
     assert other.recv(100) == b"errno=0\n\n"
     greedy.close()
     other.close()
+
+
+def test_syncconf_of_ten_thousand_peers_fits_in_one_request(served):
+    """`wg syncconf` sends every peer in one request: 10,000 are ~1.3 MB (issue 9, item 14)."""
+    server, ctx, directory = served
+    lines = [f"public_key={DH_PUBKEY(_key()).hex()}\nreplace_allowed_ips=true\nallowed_ip=10.{i // 250}.{i % 250}.1/32"
+             for i in range(10000)]
+    request = ("set=1\n" + "\n".join(lines) + "\n\n").encode()
+    assert len(request) > 1 << 20
+    s = _connect(directory)
+    s.settimeout(None)  # the sender thread blocks; this one looks before it reads
+
+    def send() -> None:
+        try:
+            s.sendall(request)
+        except OSError:  # the server hung up: the answer below says so
+            pass
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    answer = b""
+    while not answer.endswith(b"\n\n"):
+        server.on_readable()
+        if not select.select([s], [], [], 0.01)[0]:
+            continue
+        chunk = s.recv(100)
+        if not chunk:
+            break  # closed without an answer
+        answer += chunk
+    sender.join()
+    assert answer == b"errno=0\n\n"
+    assert len(ctx.device.peers) == 10000
+    s.close()
+    # A question about one of them answers with that one alone.
+    one = next(iter(ctx.device.peers))
+    state = json.loads(uapi.handle(f"get=tunnel\npublic_key={one.hex()}", ctx).split("\n")[0][len("json="):])
+    assert [p["public_key"] for p in state["peers"]] == [base64.b64encode(one).decode()]
 
 
 def test_oversized_request_closes_the_connection(served, monkeypatch):

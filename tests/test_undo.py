@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from client import dns
-from tunnel.undo import Journal
+from tunnel.undo import ForeignJournal, Journal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORIGINAL = "nameserver 192.0.2.53\n"
@@ -26,7 +26,7 @@ ORIGINAL = "nameserver 192.0.2.53\n"
 # What `tunnel down` does, in a process that has imported nothing but the journal.
 FRESH_UNDO = """
 import json, sys
-from tunnel.undo import Journal
+from tunnel.undo import ForeignJournal, Journal
 failures = Journal.open(sys.argv[1]).undo_all()
 print(json.dumps({"failures": failures, "loaded": sorted(m for m in sys.modules
                   if m.split(".")[0] in ("client", "server", "tunnel_lab", "sneaky"))}))
@@ -121,3 +121,47 @@ def test_an_old_step_of_the_library_itself_is_found_among_its_modules(tmp_path):
         json.dump({"version": 1, "steps": [{"kind": "control_socket", "params": {"path": str(stale)}}]}, f)
     assert fresh_undo(path)["failures"] == []
     assert not stale.exists() and not os.path.exists(path)
+
+
+# --- the network namespace a journal belongs to -------------------------------------------
+
+
+def test_a_journal_records_its_network_namespace(changed):
+    journal, _ = changed
+    with open(journal.path) as f:
+        netns = json.load(f)["netns"]
+    st = os.stat("/proc/thread-self/ns/net")
+    assert (netns["inode"], netns["dev"]) == (st.st_ino, st.st_dev)
+    assert Journal.open(journal.path).elsewhere() is None
+
+
+def test_a_journal_of_another_namespace_is_neither_undone_nor_added_to_here(changed):
+    """Another namespace's changes stay listed, untouched, with one line saying where they belong."""
+    journal, resolv = changed
+    with open(journal.path) as f:
+        data = json.load(f)
+    data["netns"] = {"inode": 4026599999, "dev": data["netns"]["dev"], "name": "elsewhere"}
+    with open(journal.path, "w") as f:
+        json.dump(data, f)
+    before = open(journal.path).read()
+    result = fresh_undo(journal.path)
+    assert len(result["failures"]) == 1
+    message = result["failures"][0]
+    assert "\n" not in message and "network namespace 'elsewhere' (net:[4026599999])" in message, message
+    assert "`ip netns exec elsewhere tunnel down wg0`" in message, message
+    assert "10.9.0.1" in resolv.read_text()  # not undone here
+    assert open(journal.path).read() == before
+    with pytest.raises(ForeignJournal):
+        Journal.open(journal.path).record("dns.resolv_conf", path=str(resolv), content=ORIGINAL)
+    assert open(journal.path).read() == before
+
+
+def test_a_journal_from_before_namespaces_were_recorded_is_undone_where_found(changed):
+    journal, resolv = changed
+    with open(journal.path) as f:
+        data = json.load(f)
+    del data["netns"]
+    with open(journal.path, "w") as f:
+        json.dump(data, f)
+    assert fresh_undo(journal.path)["failures"] == []
+    assert resolv.read_text() == ORIGINAL

@@ -133,12 +133,16 @@ def show(iface: str | None, as_json: bool) -> None:
     """Peers, endpoints, handshakes and counters of running interfaces (all, or IFACE)."""
     names = [iface] if iface else interfaces()
     states = []
+    refused = None
     for name in names:
         try:
             states.append(status(name))
         except ControlError as exc:
             if iface:
                 raise Fail(str(exc)) from None
+            refused = refused or exc
+    if refused is not None and not states:  # e.g. not root: the sockets are root's
+        raise Fail(str(refused))
     if as_json:
         click.echo(json.dumps(states if not iface else states[0], indent=2))
     else:

@@ -23,6 +23,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -30,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import hooks, netconfig, role, sdnotify
-from .config import Config
+from . import hooks, metrics, netconfig, role, sdnotify
+from .config import MTU_MIN_IPV6, Config
 from .dataplane import DataPlane, log_event
 from .failover import Failover, resolve_endpoints
 from .netconfig import DEFAULT_FWMARK
@@ -110,13 +111,16 @@ class Interface:
     def bring_up(self) -> None:
         cfg = self.config
         iface = cfg.interface
+        elsewhere = self.journal.elsewhere()
+        if elsewhere:  # not ours to undo, nor to write into: the other run's changes stay listed
+            raise InterfaceError(f"{self.name}: {elsewhere}")
         if self.journal.pending:
             log.info("%s: undoing what an earlier run left behind", self.name)
             for failure in self.journal.undo_all():
                 log.warning("%s: %s", self.name, failure)
         hooks.run_hooks(iface.pre_up, self.name, "PreUp")
 
-        allowed = [str(n) for p in cfg.peers for n in p.allowed_networks()]
+        allowed = [n for p in cfg.peers for n in p.allowed_networks()]  # objects: parsed once, not per use
         self.full_tunnel = netconfig.is_full_tunnel(allowed)
         full = any(self.full_tunnel)
         fwmark = iface.fwmark
@@ -135,6 +139,17 @@ class Interface:
                 endpoints[p.public_key] = self._resolve(p.endpoint)
         every = [*endpoints.values(), *(e.address for found in choices.values() for e in found)]
         mtu = iface.mtu or _derive_mtu(every)
+        addresses = [str(a) for a in iface.addresses]
+        if mtu < MTU_MIN_IPV6:
+            # Linux turns IPv6 off on a link below 1280 (the parser refuses such an
+            # MTU= with an IPv6 Address; a derived one is taken, as wg-quick does):
+            # carry IPv4 only, and let the client role block IPv6 instead of routing it here.
+            why = "" if iface.mtu else f" (the route to the endpoint's MTU less {OVERHEAD_IPV6})"
+            log.warning("%s: MTU %d%s: IPv6 inside the tunnel needs 1280, so this interface carries IPv4 only",
+                        self.name, mtu, why)
+            addresses = [a for a in addresses if ":" not in a]
+            allowed = [n for n in allowed if n.version == 4]
+            self.full_tunnel = (self.full_tunnel[0], False)
         self.journal.record("link", ifname=self.name)
         try:
             self.tun = Tun(self.name, vnet_hdr=self.options.vnet_hdr, offload=self.options.vnet_hdr)
@@ -142,7 +157,7 @@ class Interface:
             raise InterfaceError(f"cannot create {self.name}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise InterfaceError(str(exc)) from None
-        netconfig.set_up(self.journal, self.name, [str(a) for a in iface.addresses], mtu)
+        netconfig.set_up(self.journal, self.name, addresses, mtu)
 
         try:
             self.udp = UdpEndpoint(iface.listen_port or 0, fwmark=self.fwmark or 0,
@@ -155,7 +170,7 @@ class Interface:
             self.device.add_peer(
                 p.public_key,
                 preshared_key=p.preshared_key,
-                allowed_ips=[str(n) for n in p.allowed_networks()],
+                allowed_ips=p.allowed_networks(),
                 endpoint=endpoints.get(p.public_key),
                 persistent_keepalive=p.persistent_keepalive or 0,
                 name=p.name,
@@ -177,6 +192,8 @@ class Interface:
         self.plane = DataPlane(self.device, self.tun, self.udp, on_event=self._on_event)
         hooks.run_hooks(iface.post_up, self.name, "PostUp")
         log.info("%s: up, listening on UDP port %d, %d peer(s), MTU %d", self.name, self.udp.port, len(cfg.peers), mtu)
+        # The Device holds the peers now; the config's copies (~1 KB each) go.
+        self.config = dataclasses.replace(cfg, peers=[])
 
     def _on_event(self, ev) -> None:
         assert self.plane is not None
@@ -207,11 +224,11 @@ class Interface:
             log.warning("%s: endpoint %s left out of fail-over until the next start", self.name, failure)
         return found
 
-    def _routes(self, allowed: list[str]) -> None:
+    def _routes(self, allowed: list) -> None:
         if self.table == "off":
             return
         # The /0 networks are policy routing's: a role's (client/), as in wg-quick.
-        _, others = netconfig.split_default_routes(allowed)
+        others = [n for n in allowed if n.prefixlen]
         table_id = None if self.table == "auto" else int(self.table)
         if others:
             netconfig.add_routes(self.journal, self.name, others, table=table_id)
@@ -237,6 +254,11 @@ class Interface:
         """Bring up, serve until SIGINT/SIGTERM, tear down. Always tears down."""
         old = {}
         services: list = []
+        try:
+            # What a service will need, asked before anything is changed (not after a full bring-up).
+            metrics.check(self.config.interface.extension("MetricsAddress"))
+        except metrics.MetricsError as exc:
+            raise InterfaceError(f"{self.name}: {exc}") from None
         try:
             self.bring_up()
             assert self.plane is not None
@@ -281,8 +303,9 @@ class Interface:
         if self.tun is not None:
             self.tun.close()
             self.tun = None
-        for failure in self.journal.undo_all():
-            log.warning("%s: %s", self.name, failure)
+        if self.journal.elsewhere() is None:  # else bring-up refused it and changed nothing
+            for failure in self.journal.undo_all():
+                log.warning("%s: %s", self.name, failure)
         try:
             hooks.run_hooks(iface.post_down, self.name, "PostDown")
         except hooks.HookError as exc:
@@ -290,15 +313,24 @@ class Interface:
 
 
 def down(name: str, state_dir: str | None = None) -> list[str]:
-    """Remove whatever a crashed `up` of interface `name` left; safe to run twice."""
+    """Remove whatever a crashed `up` of interface `name` left; safe to run twice.
+
+    Raises InterfaceError if that run was in another network namespace (its
+    journal is left for `tunnel down` there).
+    """
     # The journal holds every change the run made (the TUN link, addresses,
     # routes, rules, nft tables, DNS, sysctls, the control socket).
-    return Journal.for_interface(name, state_dir).undo_all()
+    journal = Journal.for_interface(name, state_dir)
+    elsewhere = journal.elsewhere()
+    if elsewhere:
+        raise InterfaceError(f"{name}: {elsewhere}")
+    return journal.undo_all()
 
 
 def _derive_mtu(endpoints) -> int:
-    """wg-quick's rule: the MTU of the route to each endpoint less 80 (IPv6's overhead,
-    so the MTU still fits if the endpoint roams to IPv6); 1420 without endpoints."""
+    """wg-quick's rule: the smallest MTU of the routes to the endpoints less 80 (IPv6's
+    overhead, so the MTU still fits if the endpoint roams to IPv6), however small (a
+    bigger one would not fit the path); 1420 without endpoints or routes."""
     best = None
     for ep in endpoints:
         try:
@@ -308,7 +340,7 @@ def _derive_mtu(endpoints) -> int:
         if route.mtu:
             m = route.mtu - OVERHEAD_IPV6
             best = m if best is None else min(best, m)
-    return best if best and best >= 1280 else DEFAULT_MTU
+    return best if best is not None else DEFAULT_MTU
 
 
 def _table_setting(table: str | None) -> str:

@@ -28,6 +28,7 @@ import ipaddress
 import logging
 from typing import Any, Callable
 
+from .config import quote_value
 from .protocol.crypto import encode_key
 
 log = logging.getLogger("tunnel")
@@ -38,20 +39,25 @@ class MetricsError(ValueError):
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[V6]:PORT` (or just `PORT`: all addresses)."""
+    """`HOST:PORT` or `[V6]:PORT`; a port alone is loopback's (127.0.0.1:PORT).
+
+    Per-peer figures (endpoints, traffic, handshakes) are nobody else's
+    business: serving them beyond this machine takes an address written out,
+    such as 0.0.0.0:9586 or [::]:9586.
+    """
     text = text.strip()
     host, sep, port = text.rpartition(":")
     if not sep:
-        host, port = "0.0.0.0", text
+        host, port = "127.0.0.1", text
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise MetricsError(f"MetricsAddress {text!r}: expected HOST:PORT with a port from 1 to 65535")
+        raise MetricsError(f"MetricsAddress {quote_value(text)}: expected HOST:PORT with a port from 1 to 65535")
     try:
         ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost":
-            raise MetricsError(f"MetricsAddress {text!r}: the host must be an IP address") from None
+            raise MetricsError(f"MetricsAddress {quote_value(text)}: the host must be an IP address") from None
     return host, int(port)
 
 
@@ -144,6 +150,17 @@ class MetricsServer:
         self.thread.join(5)
 
 
+def check(address: str | None) -> None:
+    """Raise MetricsError unless ADDRESS (MetricsAddress, if any) can be served: asked before bring-up."""
+    if not address:
+        return
+    parse_address(address)
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise MetricsError("MetricsAddress needs the prometheus-client package (pip install 'tunnel[metrics]')")
+
+
 def start(ifname: str, device, stats, address: str | tuple[str, int], families: list | None = None) -> MetricsServer:
     """Serve the metrics of one interface at ADDRESS ("HOST:PORT", or (host, port) where 0 picks one)."""
     try:
@@ -158,7 +175,7 @@ def start(ifname: str, device, stats, address: str | tuple[str, int], families: 
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise MetricsError(f"MetricsAddress {address}: {exc.strerror or exc}") from None
+        raise MetricsError(f"MetricsAddress {_format(host, port)}: {exc.strerror or exc}") from None
     served = MetricsServer(httpd, thread)
     log.info("%s: metrics on http://%s/metrics", ifname, _format(host, served.port))
     return served

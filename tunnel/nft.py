@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from typing import Any
 
@@ -57,11 +58,20 @@ def _check_table(family: str, name: str) -> None:
         raise ValueError(f"refusing to touch nft table {name!r}: not ours")
 
 
+def require() -> None:
+    """Raise NftError (what to install) unless `nft` is there: callers ask before recording a change."""
+    if shutil.which(NFT) is None:
+        raise NftError("the `nft` command is missing: install nftables (apt-get install nftables)")
+
+
 def run(args: list[str], script: str | None = None) -> str:
     """Run `nft ARGS` (with SCRIPT on stdin if given) and return its stdout."""
-    proc = subprocess.run(
-        [NFT, *args], input=script, capture_output=True, text=True, check=False
-    )
+    try:
+        proc = subprocess.run(
+            [NFT, *args], input=script, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise NftError("the `nft` command is missing: install nftables (apt-get install nftables)") from None
     if proc.returncode != 0:
         raise NftError(f"nft {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout

@@ -63,10 +63,60 @@ def resolve_endpoint(host: str, port: int, family_preference: int = socket.AF_UN
 
 
 def endpoint_tuple(sockaddr) -> tuple:
-    """Endpoints as recvmsg reports them: (host, port) for IPv4, (host, port, 0, scope) for IPv6."""
+    """Endpoints as recvmsg reports them: (host, port) for IPv4, (host, port, 0, scope) for IPv6.
+
+    An IPv4-mapped IPv6 address (::ffff:192.0.2.1) becomes plain IPv4: our
+    IPv6 socket is V6ONLY, so such a peer is reached, and heard from, on the
+    IPv4 socket only, and routes, MTU and the kill switch must see IPv4 too.
+    A link-local address keeps its scope (the interface index).
+    """
+    host, port = sockaddr[0], sockaddr[1]
     if len(sockaddr) == 2:
-        return (sockaddr[0], sockaddr[1])
-    return (sockaddr[0], sockaddr[1], 0, sockaddr[3] if len(sockaddr) > 3 else 0)
+        return (host, port)
+    host = host.partition("%")[0]  # the scope travels as the index
+    mapped = _v4_mapped(host)
+    if mapped is not None:
+        return (mapped, port)
+    return (host, port, 0, sockaddr[3] if len(sockaddr) > 3 else 0)
+
+
+def _v4_mapped(host: str) -> str | None:
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return None
+    return str(mapped) if mapped is not None else None
+
+
+def scope_index(zone: str) -> int:
+    """An IPv6 scope as written after '%' (an interface name, or its index) to the index.
+
+    Raises EndpointResolutionError for a name no interface of this namespace has.
+    """
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        raise EndpointResolutionError(f"no interface named {zone!r} for the scope of a link-local address") from None
+
+
+def scope_name(index: int) -> str:
+    """The interface name of an IPv6 scope, or its number if no interface has it (any more)."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+def format_endpoint(endpoint) -> str:
+    """An endpoint as wg prints it: 192.0.2.1:51820, [fd00::1]:51820, [fe80::1%eth0]:51820."""
+    host, port = endpoint[0], endpoint[1]
+    if ":" not in host:
+        return f"{host}:{port}"
+    scope = endpoint[3] if len(endpoint) > 3 else 0
+    zone = f"%{scope_name(scope)}" if scope and "%" not in host else ""
+    return f"[{host}{zone}]:{port}"
 
 
 def is_ip_literal(host: str) -> bool:

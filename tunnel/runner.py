@@ -13,6 +13,7 @@ import os
 from .config import ConfigError, interface_name_from_path, load_config
 from .hooks import HookError
 from .interface import Interface, InterfaceError, Options, down
+from .nft import NftError
 
 log = logging.getLogger("tunnel")
 
@@ -43,15 +44,20 @@ def run_up(path: str, *, vnet_hdr: bool = True, killswitch: bool | None = None, 
         log.warning("%s", warning)
     options = Options(vnet_hdr=vnet_hdr, killswitch=killswitch, on_ready=on_ready, state_dir=state_dir,
                       roles=list(roles), extra_setup=list(extra_setup or []), services=list(services or []))
+    name = config.name
     try:
-        Interface(config, options).run()
+        interface = Interface(config, options)
+        config = None  # the interface drops the peers' config once its Device has them: no copy kept here
+        interface.run()
     except (InterfaceError, HookError) as exc:
         return str(exc)
+    except NftError as exc:  # e.g. no `nft` for the kill switch: what to install, not a type name
+        return f"{name}: {exc}"
     except OSError as exc:
-        return f"{config.name}: {exc.strerror or exc}"
+        return f"{name}: {exc.strerror or exc}"
     except Exception as exc:  # bring-up pieces (netlink, nft) raise their own types
         log.debug("bring-up failed", exc_info=True)
-        return f"{config.name}: {type(exc).__name__}: {exc}"
+        return f"{name}: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -66,7 +72,10 @@ def run_down(target: str, state_dir: str | None = None) -> str | None:
     problem = _privileges()
     if problem:
         return problem
-    failures = down(name, state_dir)
+    try:
+        failures = down(name, state_dir)
+    except InterfaceError as exc:
+        return str(exc)
     if failures:
         return f"{name}: some changes could not be undone (run `tunnel down {name}` again): " + "; ".join(failures)
     log.info("%s: nothing of ours is left", name)

@@ -5,9 +5,12 @@ A request is lines of `key=value` ending with an empty line:
     set=1 ...        -> changes, answered `errno=0` or `errno=-N`
     get=tunnel       -> our extension: one `json=` line (peer names, interface
                         counters, drops), then `errno=0`; `wg` never sends it.
+                        Followed by `public_key=HEX` lines, only those peers
+                        (a question about one peer of 10,000 costs one).
 
 Rules kept here:
-- pure: text and a Context in, text out; the control socket does the I/O
+- pure: text and a Context in, text out (but for the interface index of a
+  link-local endpoint's scope name); the control socket does the I/O
   and the caller's clock gives `now`;
 - a set request is parsed and checked whole before anything changes, so a
   bad line leaves the running interface exactly as it was;
@@ -39,6 +42,7 @@ from typing import Any, Callable
 
 from .protocol.constants import KEY_LEN
 from .protocol.crypto import clamp, encode_key
+from .resolve import EndpointResolutionError, endpoint_tuple, format_endpoint, scope_index
 
 log = logging.getLogger("tunnel")
 
@@ -66,7 +70,7 @@ class Context:
     """What a request may read and change: the running interface's pieces."""
 
     device: Any  # tunnel.protocol.Device
-    private_key: bytes | None  # None: the interface has none yet
+    private_key: bytes | None = field(repr=False)  # None: the interface has none yet
     listen_port: int
     fwmark: int  # 0: off
     now: Callable[[], float]  # monotonic clock, as the data plane's
@@ -79,11 +83,6 @@ class Context:
 
 
 # --- get ----------------------------------------------------------------------------
-
-
-def format_endpoint(endpoint) -> str:
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _handshake_time(ctx: Context, peer) -> tuple[int, int]:
@@ -127,11 +126,15 @@ def format_get(ctx: Context) -> str:
     return "\n".join(lines) + "\nerrno=0\n\n"
 
 
-def extended_status(ctx: Context) -> dict:
-    """Everything `tunnel show` prints, as plain JSON-able data (public keys in base64)."""
+def extended_status(ctx: Context, keys: list[bytes] | None = None) -> dict:
+    """Everything `tunnel show` prints, as plain JSON-able data (public keys in base64).
+
+    With KEYS, only those peers (the ones configured: an unknown key is left out).
+    """
     device = ctx.device
     peers = []
-    for peer in list(device.peers.values()):
+    chosen = list(device.peers.values()) if keys is None else [device.peers[k] for k in keys if k in device.peers]
+    for peer in chosen:
         sec, _ = _handshake_time(ctx, peer)
         peers.append({
             "public_key": encode_key(peer.public_key),
@@ -151,7 +154,7 @@ def extended_status(ctx: Context) -> dict:
                     "handshakes_queued_max", "tun_writes", "udp_sends", "endpoint_switches"):
             counters[key] = getattr(stats, key, 0)
         counters["drops"] = dict(stats.drops)
-    counters["handshakes"] = sum(p["handshakes"] for p in peers)
+    counters["handshakes"] = sum(getattr(p, "handshakes_completed", 0) for p in list(device.peers.values()))
     extra = {}
     if ctx.extra is not None:
         extra = ctx.extra()
@@ -178,7 +181,7 @@ class PeerChange:
     public_key: bytes
     remove: bool = False
     update_only: bool = False
-    preshared_key: Any = _UNSET  # bytes (all zero: none)
+    preshared_key: Any = field(default=_UNSET, repr=False)  # bytes (all zero: none)
     endpoint: Any = _UNSET  # socket-address tuple
     keepalive: Any = _UNSET  # int
     replace_allowed_ips: bool = False
@@ -188,7 +191,7 @@ class PeerChange:
 
 @dataclass
 class SetRequest:
-    private_key: Any = _UNSET
+    private_key: Any = field(default=_UNSET, repr=False)
     listen_port: Any = _UNSET
     fwmark: Any = _UNSET
     replace_peers: bool = False
@@ -218,7 +221,8 @@ def _true(value: str, what: str) -> bool:
 
 
 def parse_endpoint(value: str) -> tuple:
-    """`1.2.3.4:51820` or `[fd00::1]:51820` (numeric only, as wg sends) to a socket address."""
+    """`1.2.3.4:51820`, `[fd00::1]:51820` or `[fe80::1%eth0]:51820` (numeric, as wg sends) to a
+    socket address; a v4-mapped address becomes IPv4, a scope name its interface index."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise UapiError(E.EINVAL, "endpoint must be IP:port")
@@ -226,15 +230,18 @@ def parse_endpoint(value: str) -> tuple:
         host = host[1:-1]
     scope = 0
     if "%" in host:
-        host, _, scope_text = host.partition("%")
-        scope = int(scope_text) if scope_text.isdigit() else 0
+        host, _, zone = host.partition("%")
+        try:
+            scope = scope_index(zone)
+        except EndpointResolutionError as exc:
+            raise UapiError(E.EINVAL, f"endpoint: {exc}") from None
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise UapiError(E.EINVAL, "endpoint host must be a numeric IP address") from None
     if addr.version == 4:
         return (str(addr), int(port))
-    return (str(addr), int(port), 0, scope)
+    return endpoint_tuple((str(addr), int(port), 0, scope))
 
 
 def _prefix(value: str) -> tuple[int, int, int]:
@@ -425,7 +432,13 @@ def handle(request: str, ctx: Context) -> str:
             return f"errno={E.EINVAL}\n\n"
         return format_get(ctx)
     if command == "get=tunnel":
-        return "json=" + json.dumps(extended_status(ctx), separators=(",", ":")) + "\nerrno=0\n\n"
+        try:
+            keys = [_hex_key(v, "public_key") for k, _, v in (x.partition("=") for x in lines[1:] if x)
+                    if k == "public_key"] if len(lines) > 1 else None
+        except UapiError as exc:
+            return f"errno=-{exc.errno}\n\n"
+        status = extended_status(ctx, keys or None)
+        return "json=" + json.dumps(status, separators=(",", ":")) + "\nerrno=0\n\n"
     if command == "set=1":
         try:
             apply_set(parse_set([line for line in lines[1:] if line]), ctx)

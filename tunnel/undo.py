@@ -17,7 +17,14 @@ Rules kept here (sshuttle's habit, made crash-proof):
 - every undo is idempotent ("delete if present", "restore if still ours"), so
   undoing a change that was never completed, or undoing twice, is harmless;
 - undo runs newest first, each step in its own try: one failure does not
-  stop the others; failures are returned, not raised.
+  stop the others; failures are returned, not raised;
+- a journal names the network namespace its changes were made in (the
+  inode of /proc/thread-self/ns/net, and the name `ip netns identify` would
+  give), and is undone, or added to, only there: in another namespace the
+  same interface name is another interface, and a route or table of the
+  same name someone else's. Elsewhere `undo_all` undoes nothing, keeps the
+  file and says where it belongs (`elsewhere()`); a journal from before
+  namespaces were recorded is undone wherever it is found.
 """
 
 from __future__ import annotations
@@ -37,11 +44,58 @@ UndoFn = Callable[..., None]
 _UNDOERS: dict[str, UndoFn] = {}
 
 DEFAULT_STATE_DIR = "/run/tunnel"
+NETNS_RUN_DIR = "/run/netns"  # where `ip netns add` pins named namespaces
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class UndoLookupError(LookupError):
     """No code to undo a recorded step: unknown kind, or a module we refuse to import."""
+
+
+class ForeignJournal(RuntimeError):
+    """The journal belongs to another network namespace; str() says which, in one line."""
+
+
+def current_netns() -> dict[str, Any] | None:
+    """This thread's network namespace: {"inode", "dev"} and its "name" if it has one (None if unknown)."""
+    for path in ("/proc/thread-self/ns/net", "/proc/self/ns/net"):
+        try:
+            st = os.stat(path)
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    ident: dict[str, Any] = {"inode": st.st_ino, "dev": st.st_dev}
+    name = _netns_name(st.st_ino, st.st_dev)
+    if name is not None:
+        ident["name"] = name
+    return ident
+
+
+def _netns_name(inode: int, dev: int) -> str | None:
+    """The name `ip netns identify` gives the namespace: a file in /run/netns that is it."""
+    try:
+        names = sorted(os.listdir(NETNS_RUN_DIR))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            st = os.stat(os.path.join(NETNS_RUN_DIR, name))
+        except OSError:
+            continue
+        if (st.st_ino, st.st_dev) == (inode, dev):
+            return name
+    return None
+
+
+def _same_netns(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a.get("inode"), a.get("dev")) == (b.get("inode"), b.get("dev"))
+
+
+def _describe(netns: dict[str, Any]) -> str:
+    where = f"net:[{netns.get('inode')}]"
+    return f"{netns['name']!r} ({where})" if netns.get("name") else where
 
 
 def undoer(kind: str) -> Callable[[UndoFn], UndoFn]:
@@ -60,6 +114,8 @@ class Journal:
 
     path: str
     steps: list[dict[str, Any]] = field(default_factory=list)
+    # Where the steps were made (current_netns()); None: not recorded (a new or an old journal).
+    netns: dict[str, Any] | None = None
 
     @classmethod
     def for_interface(cls, ifname: str, state_dir: str | None = None) -> "Journal":
@@ -70,22 +126,43 @@ class Journal:
     def open(cls, path: str) -> "Journal":
         """Load the journal left by an earlier run (crashed or not), or an empty one."""
         steps: list[dict[str, Any]] = []
+        netns = None
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
             steps = [s for s in data.get("steps", []) if isinstance(s, dict) and "kind" in s]
+            netns = data.get("netns") if isinstance(data.get("netns"), dict) else None
         except FileNotFoundError:
             pass
         except (OSError, ValueError):
             # A torn write: keep nothing we cannot read, but do not crash `down`.
             steps = []
-        return cls(path, steps)
+        return cls(path, steps, netns if steps else None)
+
+    def elsewhere(self) -> str | None:
+        """Why this journal cannot be undone or added to here (it belongs to another namespace), or None."""
+        if not self.steps or self.netns is None:
+            return None
+        here = current_netns()
+        if here is None or _same_netns(self.netns, here):
+            return None
+        name = os.path.basename(self.path).removesuffix(".json")
+        how = (f"`ip netns exec {self.netns['name']} tunnel down {name}`" if self.netns.get("name")
+               else f"`tunnel down {name}` in that namespace")
+        return (f"{self.path} holds changes made in network namespace {_describe(self.netns)}, not in this one "
+                f"({_describe(here)}): they are undone only there ({how}; delete the file if that namespace "
+                f"is gone)")
 
     def record(self, kind: str, **params: Any) -> None:
         """Write down how to undo a change, before making it."""
         fn = _UNDOERS.get(kind)
         if fn is None:
             raise KeyError(f"no undoer registered for {kind!r}")
+        problem = self.elsewhere()
+        if problem:
+            raise ForeignJournal(problem)
+        if not self.steps or self.netns is None:
+            self.netns = current_netns()
         self.steps.append({"kind": kind, "module": fn.__module__, "params": params})
         self._save()
 
@@ -93,8 +170,12 @@ class Journal:
         """Undo every recorded change, newest first; return messages for the steps that failed.
 
         A step that failed, or whose kind no module registers, stays in the
-        state file so that a later `tunnel down` can try it again.
+        state file so that a later `tunnel down` can try it again. A journal
+        of another network namespace is left whole: one message says where.
         """
+        problem = self.elsewhere()
+        if problem:
+            return [problem]
         failures: list[str] = []
         kept: list[dict[str, Any]] = []
         while self.steps:
@@ -126,7 +207,10 @@ class Journal:
     def _save(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         # Atomic, 0600, and the rename itself fsynced: a power cut keeps the journal.
-        write_private_file(self.path, json.dumps({"version": 1, "steps": self.steps}))
+        data: dict[str, Any] = {"version": 1, "steps": self.steps}
+        if self.netns is not None:
+            data["netns"] = self.netns
+        write_private_file(self.path, json.dumps(data))
 
 
 def _undoer_for(step: dict[str, Any]) -> UndoFn:

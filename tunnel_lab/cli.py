@@ -26,7 +26,8 @@ def demo(seconds: int, verbose: int) -> None:
 @click.option("--peers", default="tunnel,wireguard-go", show_default=True,
               help="Comma list of tunnels to measure: tunnel, tunnel-nooffload, tunnel-wg, wireguard-go.")
 @click.option("--dropin", is_flag=True, help="Measure tunnel-wg (the drop-in) too, beside tunnel up.")
-@click.option("--runs", default=1, show_default=True, help="Interleaved runs of every kind; medians shown.")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1),
+              help="Measure each kind this many times, the kinds taking turns; medians and spread are printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON as well.")
 def bench(seconds: int, peers: str, dropin: bool, runs: int, as_json: bool) -> None:
     """Measure throughput, RTT and CPU per GB through our tunnel and wireguard-go, in one run."""

@@ -95,6 +95,33 @@ def test_set_up_add_routes_and_undo_twice(netns_factory, tmp_path, own_link):
     assert not os.path.exists(journal.path)
 
 
+def test_thousands_of_routes_go_in_one_journal_step_and_come_out_whole(netns_factory, tmp_path):
+    """10,000-peer servers (issue 9, item 14): coverage computed once, one journal step, batched netlink."""
+    topo = netns_factory("hdnc")
+    ns = topo.netns("many")
+    ifname = topo.unique_ifname("tun")
+    journal = Journal.open(str(tmp_path / f"{ifname}.json"))
+    inside = [f"10.70.{i // 250}.{i % 250 + 1}/32" for i in range(1, 1000)]  # under the address's 10.70.0.0/16
+    outside = [f"10.{100 + i // 60000}.{i // 250 % 240}.{i % 250 + 1}/32" for i in range(2500)]
+    outside6 = [f"fd71::{i:x}/128" for i in range(1, 500)]
+    with ns.entered():
+        make_tun(ifname)
+        before = ns.snapshot()
+        netconfig.set_up(journal, ifname, ["10.70.0.2/16", "fd70::2/64"], 1420)
+        steps = len(journal.steps)
+        added = netconfig.add_routes(journal, ifname, inside + outside + outside6 + outside[:10])
+        assert added == outside + outside6  # the covered and the repeated ones skipped
+        assert [s["kind"] for s in journal.steps[steps:]] == ["routes"]
+        # Already there and ours (a second run over a kept link): not an error, nothing new to undo.
+        assert netconfig.add_routes(journal, ifname, outside[:5] + ["10.99.0.0/24"]) == ["10.99.0.0/24"]
+    got4 = {dst for dst, table in routes_on(ns, ifname, "-4") if table == "main"}
+    assert got4 == {r.removesuffix("/32") for r in outside} | {"10.99.0.0/24"}
+    assert {dst for dst, _ in routes_on(ns, ifname, "-6")} == {r.removesuffix("/128") for r in outside6}
+    with ns.entered():
+        assert journal.undo_all() == []
+        assert ns.snapshot() == before
+
+
 def test_add_routes_refuses_default_without_table(netns_factory, tmp_path):
     ns = netns_factory("nc").netns("def")
     journal = Journal.open(str(tmp_path / "j.json"))

@@ -15,7 +15,10 @@ Rules kept here:
   stays (host, port); tunnel/resolve.py does the I/O, for the daemons to
   call) and no file is touched except by `load_config`.
 - every mistake raises ConfigError naming the file, the line and the key;
-  messages never contain key material (a bad key is described, not echoed).
+  messages never contain key material: a bad key is described, not echoed,
+  and any value (or key name) holding a run of 20 or more base64
+  characters is described instead of quoted (`quote_value`): a key pasted
+  on the wrong line must not reach stderr or the journal.
 - repeatable keys (Address, DNS, AllowedIPs, the hooks) accumulate in order;
   any other key given twice keeps the last value, as wg-quick does, except a
   second PublicKey in one [Peer], which is almost surely a lost [Peer] line.
@@ -32,7 +35,7 @@ Rules kept here:
 
 from .load import interface_name_from_path, load_config
 from .model import MTU_MAX, MTU_MIN_IPV4, MTU_MIN_IPV6, Config, ConfigError, InterfaceConfig, PeerConfig
-from .parse import parse_config
+from .parse import parse_config, quote_value
 
 __all__ = [
     "ConfigError",
@@ -40,6 +43,7 @@ __all__ = [
     "PeerConfig",
     "Config",
     "parse_config",
+    "quote_value",
     "load_config",
     "interface_name_from_path",
     "MTU_MIN_IPV4",

@@ -20,7 +20,9 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
   counters, so `tunnel show` and the metrics see it;
 - every peer with a session gets a UDP socket of its own (Bind.pin, up to
   PINNED_MAX), re-decided when a handshake completes, a peer roams or its
-  keys go, and once a second: an established session's datagrams then
+  keys go (looking at the peers those events name and those with a
+  session, not at all 10,000 configured ones), and once a second (all of
+  them): an established session's datagrams then
   queue apart from whatever floods the listening port, and a turn serves
   them first (they are light), so garbage costs them neither buffer space
   nor waiting; in a turn where the TUN or a pinned socket had work, the
@@ -47,6 +49,7 @@ from typing import Callable
 
 from ..protocol import Device, Drop, Event, SendDatagram, WritePacket
 from ..protocol.crypto import encode_key
+from ..resolve import format_endpoint as _format_endpoint
 from . import drops as D
 from .io import TunGone
 from .receive import UDP_READS_PER_TURN, Receiver
@@ -101,6 +104,9 @@ class DataPlane:
         self._kernel_drops_at = clock()
         self._pins_dirty = False
         self._pinned_at = clock()
+        # The peers that had a session at the last full look, and those a handshake,
+        # roaming or key event named since: what a re-pin between full looks considers.
+        self._live: dict = {}
         self._epoll: select.epoll | None = None
         self._shared_fds = frozenset(bind.fds())  # the listening sockets: everything not pinned
 
@@ -224,14 +230,17 @@ class DataPlane:
 
     def repin(self, now: float) -> None:
         """Sockets of their own for the peers that have a session now (and for no one else)."""
+        full = now - self._pinned_at >= PIN_INTERVAL
         self._pins_dirty = False
-        self._pinned_at = now
+        if full:
+            self._pinned_at = now
+            self._live = {p: None for p in self.device.peers.values() if p.current is not None}
         endpoints = []
-        for peer in self.device.peers.values():
-            if peer.current is not None and peer.endpoint is not None:
+        for peer in list(self._live):
+            if peer.removed or peer.current is None:
+                del self._live[peer]
+            elif peer.endpoint is not None and len(endpoints) < PINNED_MAX:
                 endpoints.append(peer.endpoint)
-                if len(endpoints) >= PINNED_MAX:
-                    break
         opened, closed = self.bind.pin(endpoints)
         for fd in closed:  # closing took them out of the epoll set
             self._work.pop(fd, None)
@@ -269,6 +278,7 @@ class DataPlane:
             elif t is Event:
                 if a.kind in _PIN_EVENTS:
                     self._pins_dirty = True
+                    self._live[a.peer] = None
                 self.on_event(a)
             elif t is not Drop:  # drops are counted by the core
                 raise TypeError(f"unknown action {a!r}")
@@ -309,10 +319,7 @@ class DataPlane:
 
 
 def format_endpoint(endpoint) -> str:
-    if endpoint is None:
-        return "(none)"
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "(none)" if endpoint is None else _format_endpoint(endpoint)
 
 
 def peer_name(peer) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Union
 
-__all__ = ["AllowedIPs"]
+__all__ = ["AllowedIPs", "prefix_set"]
 
 # A prefix as text, as an ip_network, or parsed: (4 or 6, prefix length, the prefix's top bits as an int).
 Network = Union[str, ipaddress.IPv4Network, ipaddress.IPv6Network, tuple[int, int, int]]
@@ -79,6 +79,11 @@ def _parse_text(text: str) -> tuple[int, int, int] | None:
     return version, plen, value >> (bits - plen)
 
 
+def prefix_set(networks) -> frozenset[tuple[int, int, int]]:
+    """NETWORKS as `AllowedIPs.prefix_set` gives a value's: to compare without formatting either."""
+    return frozenset(_parse(n) for n in networks)
+
+
 def _format(version: int, plen: int, key: int) -> str:
     # ip_address(int) would guess the version from the size of the int.
     cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
@@ -97,8 +102,9 @@ class AllowedIPs:
         # only when a length appears or disappears.
         self._order4: tuple[tuple[int, dict[int, Any]], ...] = ()
         self._order6: tuple[tuple[int, dict[int, Any]], ...] = ()
-        # id(value) -> (value, {(version, plen, key)}) for remove_value/prefixes.
-        self._owned: dict[int, tuple[Any, set[tuple[int, int, int]]]] = {}
+        # id(value) -> (value, [(version, plen, key)]) for remove_value/prefixes: a list, as
+        # a peer has one or two prefixes and a set of one costs ~250 bytes more per peer.
+        self._owned: dict[int, tuple[Any, list[tuple[int, int, int]]]] = {}
 
     # --- configuration -----------------------------------------------------
 
@@ -120,9 +126,9 @@ class AllowedIPs:
         table[key] = value
         entry = self._owned.get(id(value))
         if entry is None:
-            self._owned[id(value)] = (value, {(version, plen, key)})
-        else:
-            entry[1].add((version, plen, key))
+            self._owned[id(value)] = (value, [(version, plen, key)])
+        else:  # not there yet: a prefix value already owned returned above
+            entry[1].append((version, plen, key))
 
     def remove(self, network: Network) -> bool:
         """Forget exactly this prefix; False if it was not present."""
@@ -186,6 +192,11 @@ class AllowedIPs:
             return []
         return sorted(entry[1], key=lambda e: (e[0], e[2] << (_BITS[e[0]] - e[1]), e[1]))
 
+    def prefix_set(self, value: Any) -> frozenset[tuple[int, int, int]]:
+        """The prefixes routed to `value`, comparable with `prefix_set(networks)` (nothing formatted)."""
+        entry = self._owned.get(id(value))
+        return frozenset(entry[1]) if entry is not None else frozenset()
+
     def __len__(self) -> int:
         return sum(len(t) for by_len in self._tables.values() for t in by_len.values())
 
@@ -196,7 +207,7 @@ class AllowedIPs:
 
     def _disown(self, value: Any, item: tuple[int, int, int]) -> None:
         entry = self._owned[id(value)]
-        entry[1].discard(item)
+        entry[1].remove(item)
         if not entry[1]:
             del self._owned[id(value)]
 

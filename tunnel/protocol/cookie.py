@@ -92,14 +92,33 @@ class CookieChecker:
 
 
 class CookieGenerator:
-    """The sending side, per peer: adds mac1/mac2 and keeps the peer's cookie."""
+    """The sending side, per peer: adds mac1/mac2 and keeps the peer's cookie.
+
+    Its two keys are derived at first use: a server with 10,000 configured
+    peers, most of them idle, derives none at start-up and keeps none.
+    """
+
+    __slots__ = ("remote_public", "_mac1_key", "_cookie_key", "_cookie", "_cookie_born", "_last_mac1")
 
     def __init__(self, remote_public: bytes):
-        self.mac1_key = mac1_key(remote_public)
-        self.cookie_key = cookie_key(remote_public)
+        self.remote_public = remote_public
+        self._mac1_key: bytes | None = None
+        self._cookie_key: bytes | None = None
         self._cookie = b""
         self._cookie_born: float | None = None
         self._last_mac1: bytes | None = None
+
+    @property
+    def mac1_key(self) -> bytes:
+        if self._mac1_key is None:
+            self._mac1_key = mac1_key(self.remote_public)
+        return self._mac1_key
+
+    @property
+    def cookie_key(self) -> bytes:
+        if self._cookie_key is None:
+            self._cookie_key = cookie_key(self.remote_public)
+        return self._cookie_key
 
     def add_macs(self, packet: bytearray, mac1_offset: int, now: float) -> None:
         """Fill mac1 (and mac2 if we hold a fresh cookie) of a packed handshake message in place."""
