@@ -150,15 +150,17 @@ class AccessControl:
 
     def _apply(self, snap: Snapshot, now: float) -> None:
         self._snapshot = snap
-        self._names = {c.public_key: c.name for c in snap.clients}
-        active = snap.active_clients(now)
-        self._by_address = {}
-        for c in active:
-            info_addresses = [a.split("/")[0] for a in c.addresses]
-            for a in info_addresses:
-                self._by_address[a] = ClientInfo(name=c.name, public_key=c.public_key, address=a)
         self._configure_login(snap)
         auth = self._auth
+        text = snap.policy.text if snap.policy is not None else (ALLOW_ALL if auth is not None else None)
+        if text is None and not self._policy_active and self._applied_key is not None:
+            return  # no policy, no login, nothing in force: nothing per client to work out (10,000 clients)
+        active = snap.active_clients(now)
+        if auth is not None:
+            self._names = {c.public_key: c.name for c in snap.clients}
+            self._by_address = {a.split("/")[0]: ClientInfo(name=c.name, public_key=c.public_key,
+                                                            address=a.split("/")[0])
+                                for c in active for a in c.addresses}
         live = self._live_sessions(snap, now, {c.name for c in active}) if auth is not None else {}
         clients = []
         for c in active:
@@ -167,7 +169,6 @@ class AccessControl:
             else:
                 groups = live.get(c.name)
                 clients.append(ClientRef(c.name, c.addresses, frozenset(groups or ()), admitted=groups is not None))
-        text = snap.policy.text if snap.policy is not None else (ALLOW_ALL if auth is not None else None)
         key = (text, tuple((r.name, r.addresses, tuple(sorted(r.groups)), r.admitted) for r in clients),
                auth.port if auth else None, tuple(snap.settings.dns), snap.settings.client_to_client)
         if key == self._applied_key:
