@@ -311,3 +311,31 @@ def test_a_second_master_is_logged_and_its_end_brings_the_peers_back(registry, c
         if os.path.exists(path + ".away"):
             os.rename(path + ".away", path)
         svc.close()
+
+
+def test_the_registry_reaches_keepalived_with_a_reload_or_a_restart_hint(registry, tmp_path, caplog):
+    from server.ha.keepalived import Keepalived
+
+    caplog.set_level(logging.INFO, logger="tunnel")
+    path, reg = registry
+    svc, iface = _service(path, Device(os.urandom(32), wall_epoch=0.0))
+    files = Files.of(str(tmp_path), "wgh")
+    os.makedirs(files.directory)
+    svc._keepalived = Keepalived(files, svc.plan, ifname="wgh", address="10.70.0.1")  # not started: no process
+    try:
+        reg.set_gateway("gw2", options={"ha": {"dev": "eth0", "address": "10.70.0.2"}})
+        reg.set_gateway("gw1", options={"ha": {"dev": "eth0", "priority": 120, "preempt": False}})
+        svc._on_snapshot(reg.snapshot(), time.time())
+        with open(files.conf) as f:
+            text = f.read()
+        assert "priority 120" in text and "nopreempt" in text and "        10.70.0.2\n" in text
+        assert "keepalived reloaded: priority 120, no preemption, peers 10.70.0.2" in caplog.text
+        reg.update_settings(ha={"vip": "10.70.0.101/24", "vrid": 9})
+        for _ in range(2):
+            svc._on_snapshot(reg.snapshot(), time.time())
+        assert caplog.text.count("restart the server to apply it (it serves 10.70.0.100/24 on eth0") == 1
+        with open(files.conf) as f:
+            assert f.read() == text  # the running VIP stays
+    finally:
+        svc._keepalived = None
+        svc.close()

@@ -14,10 +14,12 @@ r"""A virtual IP that moves between two gateways with keepalived, for real, in n
     # test's folders). Both masquerade the pool toward the site.
 
 Checked: gateway 1 takes the VIP; `add-client` writes it as the clients' Endpoint; wireguard-go
-(`wg setconf`) and our client ping the site and download from it (reconnecting at the
+(`wg setconf`) and our client log in through gateway 1 (login is on: without a session a client
+reaches only the login page), then ping the site and download from it (reconnecting at the
 application level). Gateway 1 SIGKILLed (daemon and keepalived at once: a dead machine) and
 `tunnel down` (systemd's ExecStopPost) -> the VIP moves to gateway 2, both clients' pings resume
-within a few seconds of the move (printed) and the downloads complete with the right SHA-256;
+within a few seconds of the move (printed: gateway 2 admits the sessions made on gateway 1, from
+the registry) and the downloads complete with the right SHA-256;
 gateway 1 back with the higher priority takes the VIP back and the clients resume again; VRRP
 cut between the two -> both hold the VIP and each logs the split brain; healed -> gateway 2
 steps back, gateway 1 handshakes its peers again and the clients resume; gateway 2 and then
@@ -37,7 +39,7 @@ import pytest
 
 from tests.helpers.netns import Netns, wireguard_go
 from tests.helpers.pinglog import PingLog
-from tests.helpers.server import ServerProc
+from tests.helpers.server import ServerProc, http_login
 from tests.helpers.tunnelproc import ResumableDownload, start_tunnel, write_config
 from tunnel.config import parse_config
 
@@ -128,7 +130,8 @@ def _wireguard_go(net: Net, text: str):
                       address=[str(a) for a in config.interface.addresses])
     path = write_config(str(net.tmp / "c1"), ifname, config.strip_wg_quick().to_text())
     net.c1.run(["wg", "setconf", ifname, path])
-    net.c1.route("10.60.0.0/24", "dev", ifname)
+    for network in config.peers[0].allowed_networks():  # as wg-quick would
+        net.c1.run(["ip", "route", "replace", str(network), "dev", ifname])
     return wg
 
 
@@ -143,6 +146,9 @@ def test_the_vip_moves_and_stock_and_our_clients_follow(netns_factory, tmp_path,
     gw1.cli("init", "--endpoint", "vpn.example.com", "--registry", url, "--name", "gw1", "--pool", POOL,
             "--split", "--site", "10.60.0.0/24", "--metrics", METRICS)
     gw2.cli("join", "--registry", url, "--name", "gw2", "--metrics", METRICS)
+    gw1.cli("auth", "local")  # login on: a client reaches the site only with a session, which the registry holds
+    for user in ("alice", "bob"):
+        gw1.add_user(user, f"{user}'s password")
     gw1.cli("ha", "--vip", f"{VIP}/{PREFIX}", "--dev", "g1-r", "--priority", "150")
     gw2.cli("ha", "--vip", f"{VIP}/{PREFIX}", "--dev", "g2-r")
     gw1.up()
@@ -157,6 +163,9 @@ def test_the_vip_moves_and_stock_and_our_clients_follow(netns_factory, tmp_path,
     stock = _wireguard_go(net, alice)
     ours = start_tunnel(net.c2, str(tmp_path), bob, ifname=net.topo.unique_ifname("had"))
     ours.wait_up()
+    for ns, user in ((net.c1, "alice"), (net.c2, "bob")):  # through gateway 1
+        answer = http_login(ns, {"user": user, "password": f"{user}'s password"})
+        assert answer.get("ok"), answer
     pings = {"wireguard-go": PingLog.start(net.c1, SITE, str(tmp_path / "c1.ping")),
              "ours": PingLog.start(net.c2, SITE, str(tmp_path / "c2.ping"))}
     for pl in pings.values():

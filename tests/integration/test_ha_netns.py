@@ -8,7 +8,7 @@ keepalived on PATH (at `ha` and at `up`), a VRID the other router advertises: on
 status 1, no traceback, and for `up` nothing left (no link, no journal, no keepalived). With a free
 VRID the gateway takes the VIP; its daemon SIGKILLed alone -> keepalived follows it (it was told to
 die with it) and the VIP is released without anyone's help; `tunnel down` then has nothing left to
-do; `ha off` gives the server file back its wildcard port and clients the server's endpoint.
+do; a keepalived that outlived its daemon is stopped by `tunnel down` and its VIP removed; `ha off` gives the server file back its wildcard port and clients the server's endpoint.
 The two-gateway fail-over with clients is tests/integration/test_ha_e2e.py.
 """
 
@@ -25,6 +25,9 @@ import pytest
 from tests.helpers.netns import Netns
 from tests.helpers.server import ServerProc
 from tests.helpers.tunnelproc import tunnel_env
+from tunnel.undo import Journal
+
+import server.ha.keepalived  # noqa: F401 - registers the journal's "keepalived" step
 
 pytestmark = pytest.mark.netns
 
@@ -127,6 +130,22 @@ def test_bad_input_a_vrid_in_use_and_keepalived_dying_with_the_daemon(netns_fact
                    what="keepalived gone with its daemon, the VIP released")
     res = srv.down()
     assert res.returncode == 0, res.stderr
+
+    # A keepalived that outlived its daemon (started by hand here, so no death signal ties it to one):
+    # the journal's step is what `tunnel down` undoes, and it stops it and takes the VIP away.
+    ha_dir = os.path.join(srv.dir, f"{srv.ifname}.ha")
+    conf = os.path.join(ha_dir, "keepalived.conf")
+    pidfiles = [os.path.join(ha_dir, n) for n in ("keepalived.pid", "vrrp.pid", "checkers.pid")]
+    with open(tmp_path / "orphan.log", "wb") as out:
+        g.popen(["keepalived", "--use-file", conf, "--pid", pidfiles[0], "--vrrp_pid", pidfiles[1], "--checkers_pid",
+                 pidfiles[2], "--vrrp", "--dont-fork", "--log-console", "--no-syslog"], stdout=out,
+                stderr=subprocess.STDOUT)
+    Netns.wait_for(lambda: _holds_vip(g), 20, what="the VIP held by the orphan keepalived")
+    Journal.for_interface(srv.ifname, srv.state).record(
+        "keepalived", conf=conf, pidfile=pidfiles[0], dev="g-f", vip=VIP, netns=os.stat(f"/run/netns/{g.name}").st_ino)
+    res = srv.down()
+    assert res.returncode == 0, res.stderr
+    assert not _keepalived_of(srv) and not _holds_vip(g)
 
     srv.cli("ha", "off")
     assert "ListenAddress" not in _server_file(srv)
