@@ -22,8 +22,9 @@ within a few seconds of the move (printed: gateway 2 admits the sessions made on
 the registry) and the downloads complete with the right SHA-256;
 gateway 1 back with the higher priority takes the VIP back and the clients resume again; VRRP
 cut between the two -> both hold the VIP and each logs the split brain; healed -> gateway 2
-steps back, gateway 1 handshakes its peers again and the clients resume; gateway 2 and then
-gateway 1 stopped cleanly -> no keepalived of theirs is left and the VIP is released. `tunnel server
+steps back, gateway 1 handshakes its peers again and the clients resume; gateway 1 stopped
+cleanly -> its keepalived is gone, the VIP moves to gateway 2 at once and the clients resume;
+gateway 2 stopped cleanly -> its keepalived is gone and the VIP released. `tunnel server
 show --json`, the metrics and the registry's rows say who is master.
 """
 
@@ -136,7 +137,14 @@ def _wireguard_go(net: Net, text: str):
 
 
 def _resumed(pings: dict[str, PingLog], since: float) -> dict[str, float]:
+    """Seconds from SINCE (the VIP moved) to each client's first ping reply after it."""
     return {name: round(pl.wait_reply_after(since, RESUME_BOUND), 2) for name, pl in pings.items()}
+
+
+def _outage(pings: dict[str, PingLog], start: float) -> dict[str, float]:
+    """Each client's longest time without a reply from START until now (pings every 0.1 s)."""
+    time.sleep(0.5)  # a few replies after the first one
+    return {name: round(pl.longest_gap(start, time.time()), 2) for name, pl in pings.items()}
 
 
 def test_the_vip_moves_and_stock_and_our_clients_follow(netns_factory, tmp_path, pg_server):
@@ -188,17 +196,18 @@ def test_the_vip_moves_and_stock_and_our_clients_follow(netns_factory, tmp_path,
     moved = net.wait_move(gw2)
     first = _resumed(pings, moved)
     print(f"\ngateway 1 killed: VIP on gateway 2 {moved - killed:.2f} s later; first ping replies "
-          f"{first} s after the move")
+          f"{first} s after the move; outage {_outage(pings, killed - 1)} s")
     for d in downloads:
         size, intact, connections = d.wait()
         assert (size, intact) == (3 << 19, True), (size, intact, connections)
     assert _state(gw2) == "master" and "MASTER of 10.70.0.100/24: handshaking with 2 peer(s)" in gw2.log()
 
     # Gateway 1 back with the higher priority: it takes the VIP back.
+    started = time.time()
     gw1.up()
     moved = net.wait_move(gw1)
     back = _resumed(pings, moved)
-    print(f"gateway 1 back: first ping replies {back} s after the VIP moved back")
+    print(f"gateway 1 back: first ping replies {back} s after the VIP moved back; outage {_outage(pings, started)} s")
     Netns.wait_for(lambda: _state(gw2) == "backup", 10, what="gateway 2 backup again")
 
     # VRRP cut between them: gateway 2 hears nothing and takes the VIP too.
@@ -211,14 +220,20 @@ def test_the_vip_moves_and_stock_and_our_clients_follow(netns_factory, tmp_path,
     healed = time.time()
     assert _state(gw1) == "master" and _state(gw2) == "backup" and net.holds_vip(gw1) and not net.holds_vip(gw2)
     after = {name: round(pl.wait_reply_after(healed, 15), 2) for name, pl in pings.items()}
-    print(f"split brain healed: first ping replies {after} s later")
+    print(f"split brain healed: first ping replies {after} s later; outage {_outage(pings, healed - 5)} s")
 
-    # Clean stops: keepalived goes with each daemon, and the VIP with the one holding it.
-    assert gw2.stop() == 0
-    assert not _keepalived_of(gw2) and not net.holds_vip(gw2)
-    assert _state(gw1) == "master"
+    # Clean stops: keepalived goes with each daemon, and the VIP with the one holding it, at once
+    # (keepalived's last advert has priority 0: the other takes over without waiting 3 of them).
+    stopped = time.time()
     assert gw1.stop() == 0
     assert not _keepalived_of(gw1) and not net.holds_vip(gw1)
+    moved = net.wait_move(gw2)
+    handed = _resumed(pings, moved)
+    print(f"gateway 1 stopped cleanly: first ping replies {handed} s after the VIP was seen on gateway 2; "
+          f"outage {_outage(pings, stopped)} s")
+    assert _state(gw2) == "master"
+    assert gw2.stop() == 0
+    assert not _keepalived_of(gw2) and not net.holds_vip(gw2)
     assert [p["endpoint"] for p in stock.dump()] == [f"{VIP}:{PORT}"]  # every reply came from the VIP
     assert ours.stop() == 0
     stock.stop()
