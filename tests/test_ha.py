@@ -339,3 +339,23 @@ def test_the_registry_reaches_keepalived_with_a_reload_or_a_restart_hint(registr
     finally:
         svc._keepalived = None
         svc.close()
+
+
+def test_without_the_registry_a_new_master_handshakes_with_the_peers_it_knows(registry, caplog):
+    caplog.set_level(logging.INFO, logger="tunnel")
+    path, reg = registry
+    device = Device(os.urandom(32), wall_epoch=time.time() - time.monotonic())
+    known = device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.8.0.2/32"], endpoint=("198.51.100.2", 2))
+    device.add_peer(DH_PUBKEY(os.urandom(32)), allowed_ips=["10.8.0.3/32"])  # never seen: nowhere to send
+    svc, iface = _service(path, device)
+    os.rename(path, path + ".away")
+    try:
+        svc._became("master")
+        batch, _ = svc._pacer.next_batch(time.monotonic())
+        svc._take_over_batch(batch)
+        sent = [a.endpoint for a in iface.plane.performed if type(a).__name__ == "SendDatagram"]
+        assert sent == [known.endpoint]
+        assert "the registry is unreachable: at the endpoints this gateway knew" in caplog.text
+    finally:
+        os.rename(path + ".away", path)
+        svc.close()

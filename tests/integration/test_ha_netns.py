@@ -6,7 +6,8 @@ r"""`tunnel server ha` on one gateway (SQLite registry), with a real keepalived,
 Checked: a malformed VIP, a VIP outside the device's subnets, a device that does not exist, no
 keepalived on PATH (at `ha` and at `up`), a VRID the other router advertises: one line each, exit
 status 1, no traceback, and for `up` nothing left (no link, no journal, no keepalived). With a free
-VRID the gateway takes the VIP; its daemon SIGKILLed alone -> keepalived follows it (it was told to
+VRID the gateway takes the VIP; its device down -> FAULT (and no VIP), up -> master again; its
+daemon SIGKILLed alone -> keepalived follows it (it was told to
 die with it) and the VIP is released without anyone's help; `tunnel down` then has nothing left to
 do; a keepalived that outlived its daemon is stopped by `tunnel down` and its VIP removed; `ha off` gives the server file back its wildcard port and clients the server's endpoint.
 The two-gateway fail-over with clients is tests/integration/test_ha_e2e.py.
@@ -75,6 +76,10 @@ def _server_file(srv: ServerProc) -> str:
         return f.read()
 
 
+def _state(srv: ServerProc) -> str | None:
+    return (json.loads(srv.cli("show", "--json").stdout)["daemon"].get("ha") or {}).get("state")
+
+
 def _holds_vip(ns: Netns) -> bool:
     return any(a.get("local") == VIP.split("/")[0] for link in ns.ip_json("addr", "show", "dev", "g-f")
                for a in link.get("addr_info", []))
@@ -124,6 +129,12 @@ def test_bad_input_a_vrid_in_use_and_keepalived_dying_with_the_daemon(netns_fact
 
     srv.up()
     Netns.wait_for(lambda: _holds_vip(g), 20, what="the VIP on the only gateway")
+    assert _state(srv) == "master"
+    g.run(["ip", "link", "set", "g-f", "down"])  # keepalived's FAULT: the daemon hears it from the FIFO
+    Netns.wait_for(lambda: _state(srv) == "fault", 10, what="FAULT with the device down")
+    assert not _holds_vip(g)
+    g.run(["ip", "link", "set", "g-f", "up"])
+    Netns.wait_for(lambda: _holds_vip(g) and _state(srv) == "master", 20, what="master again with the device up")
     assert len(_keepalived_of(srv)) == 2  # its parent and its VRRP child
     os.kill(srv.proc.pid, signal.SIGKILL)  # the daemon alone: keepalived was not killed
     Netns.wait_for(lambda: not _keepalived_of(srv) and not _holds_vip(g), 15,
