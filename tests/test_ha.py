@@ -111,7 +111,8 @@ def test_keepalived_config_unicast_to_the_other_members_and_multicast_alone():
     body = [line.strip() for line in text.splitlines() if not line.startswith("#")]
     assert body == [
         "global_defs {", "router_id gw1", 'vrrp_notify_fifo "/etc/wireguard/wg0.ha/notify.fifo"',
-        "fifo_write_vrrp_states_on_reload", "}",
+        "fifo_write_vrrp_states_on_reload", "vrrp_garp_interval 0.3", "vrrp_gna_interval 0.3",
+        "vrrp_garp_master_delay 2", "}",
         "vrrp_instance tunnel_wg0 {", "state BACKUP", "interface g1-r", "virtual_router_id 181", "priority 150",
         "advert_int 1", "unicast_src_ip 10.70.0.1", "unicast_peer {", "10.70.0.2", "10.70.0.3", "}",
         "virtual_ipaddress {", "10.70.0.100/24 dev g1-r", "}", "}"]
@@ -258,16 +259,17 @@ def test_on_master_every_recent_peer_is_handshaken_at_its_registry_endpoint(regi
                          gateway="gw2")
     svc, iface = _service(path, device)
     try:
-        svc._registry_work(0)
+        svc._registry_work(False)
         assert {g.name: g.options["ha"].get("address") for g in reg.gateways()} == {"gw1": "10.70.0.1", "gw2": None}
         svc._became("backup")
         svc._became("master")
+        svc._registry_work(False)  # the registry thread's round: the takeover's endpoints first
         batch, _ = svc._pacer.next_batch(time.monotonic())
         svc._take_over_batch(batch)
         sent = [a.endpoint for a in iface.plane.performed if type(a).__name__ == "SendDatagram"]
         assert sent == [("198.51.100.7", 4444)] and svc.takeover_handshakes == 1
-        assert "MASTER of 10.70.0.100/24: handshaking with 1 peer(s)" in caplog.text
-        svc._registry_work(0)
+        assert "MASTER of 10.70.0.100/24: handshaking with 1 peer(s) seen in the last 300 s" in caplog.text
+        svc._registry_work(False)
         assert {g.name: g.ha_state for g in reg.gateways()} == {"gw1": "master", "gw2": None}
         status = svc.status()
         assert status["state"] == "master" and status["transitions"] == 2
@@ -289,22 +291,23 @@ def test_a_second_master_is_logged_and_its_end_brings_the_peers_back(registry, c
         reg.set_gateway("gw2", ha_state="master")
         for beat in (10.0, 11.0, 12.0):
             reg.heartbeat("gw2", now=beat)
-            svc._registry_work(0)
+            svc._registry_work(True)
         assert "split brain: gateway gw2 holds 10.70.0.100/24 too" in caplog.text
         assert svc.status()["split_brain"] == ["gw2"]
         reg.set_gateway("gw2", ha_state="backup")
-        svc._registry_work(0)
+        svc._registry_work(True)
         assert "split brain over: gateway gw2 no longer claims 10.70.0.100/24" in caplog.text
-        assert "still MASTER of 10.70.0.100/24: handshaking with 0 peer(s) again" in caplog.text
+        assert "still MASTER of 10.70.0.100/24: handshaking with 0 peer(s) seen" in caplog.text
         # the registry unreachable: the state waits, one warning, then it is written
         os.rename(path, path + ".away")
         svc._registry = None
         svc._became("backup")
-        svc._registry_work(0)
+        svc._registry_work(False)
         assert "the state is kept here and written when it is back" in caplog.text
         assert svc._pending_state == "backup"
         os.rename(path + ".away", path)
-        svc._registry_work(0)
+        svc._retry_at = 0.0  # its REGISTRY_RETRY is up
+        svc._registry_work(False)
         assert {g.name: g.ha_state for g in reg.gateways()}["gw1"] == "backup" and svc._pending_state is None
         assert "HA: the registry is reachable again" in caplog.text
     finally:
@@ -351,11 +354,19 @@ def test_without_the_registry_a_new_master_handshakes_with_the_peers_it_knows(re
     os.rename(path, path + ".away")
     try:
         svc._became("master")
+        svc._registry_work(False)
         batch, _ = svc._pacer.next_batch(time.monotonic())
         svc._take_over_batch(batch)
         sent = [a.endpoint for a in iface.plane.performed if type(a).__name__ == "SendDatagram"]
         assert sent == [known.endpoint]
-        assert "the registry is unreachable: at the endpoints this gateway knew" in caplog.text
+        assert "handshaking with 2 peer(s) at the endpoints this gateway knew: the registry is unreachable" \
+            in caplog.text
+        # A registry that only hangs: after TAKEOVER_WAIT the FIFO's thread does not wait for it.
+        svc._became("backup")
+        svc._became("master")
+        svc._takeover = (svc._takeover[0], svc._takeover[1] - 5)
+        svc._fall_back_if_late()
+        assert "the registry did not answer within 1 s" in caplog.text and svc._takeover is None
     finally:
         os.rename(path + ".away", path)
         svc.close()

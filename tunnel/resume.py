@@ -137,6 +137,8 @@ def take_over(device, perform: Callable[[list, float], None], targets: Sequence[
             continue
         if peer.last_handshake is not None and peer.last_handshake >= since:
             continue
+        if peer.last_sent_initiation is not None and peer.last_sent_initiation >= since:
+            continue
         endpoint = stored if stored is not None else peer.endpoint
         if endpoint is None:
             continue

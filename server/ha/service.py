@@ -10,7 +10,8 @@ HaService is a service of the server role (server/role.py); while the interface 
 - on MASTER (the VIP is ours now): a handshake to every peer any gateway saw in the last
   RESUME_WINDOW, at its last endpoint in the registry (peer_endpoints), paced as a restart's
   resumption (tunnel/resume.py `take_over`): a stock client resumes at once instead of waiting
-  ~15 s for its own timers to give up on the old gateway's session;
+  ~15 s for its own timers to give up on the old gateway's session. A registry that does not
+  answer within TAKEOVER_WAIT is not waited for: every peer, at the endpoint this gateway knew;
 - a heartbeat every HEARTBEAT seconds (no revision) and, while master, a look at the other
   members: one whose row says master and whose heartbeat still moves on holds the VIP too (a split
   network): logged on both sides, and when it ends the survivor handshakes its peers again (they
@@ -20,7 +21,8 @@ HaService is a service of the server role (server/role.py); while the interface 
 
 Rules kept here:
 - the device is touched only in the loop's thread (the Pacer hands batches in); the registry only
-  from this service's thread, on a connection of its own (the listener renders from snapshots);
+  from this service's registry thread, on a connection of its own (the listener renders from
+  snapshots), so a slow or unreachable registry never delays what the FIFO says;
 - keepalived is (re)started only in the loop's thread, which lives as long as the daemon (its
   death signal follows the thread that forked it);
 - nothing here stops the data plane: a registry failure is logged once and tried again; a
@@ -50,8 +52,14 @@ from .settings import ROLE, STATES, HaError, Plan, plan_for
 log = logging.getLogger("tunnel")
 
 HEARTBEAT = 2.0  # seconds between heartbeats (and looks for a second master)
+TAKEOVER_WAIT = 1.0  # seconds a new master waits for the registry's endpoints before using its own
+REGISTRY_RETRY = 5.0  # seconds between attempts to reach a registry that failed
 RESTART_DELAYS = (2.0, 5.0, 10.0, 30.0)  # before starting an exited keepalived again
 _LINE = re.compile(r'INSTANCE "([^"]+)" (MASTER|BACKUP|FAULT|STOP)\b')
+
+
+class _NotYet(RegistryError):
+    """The registry failed a moment ago: not tried again before REGISTRY_RETRY."""
 
 
 def parse_notify(line: str, instance: str) -> str | None:
@@ -124,6 +132,9 @@ class HaService:
         self.takeover_handshakes = 0
         self.split = SecondMaster()
         self._since_master = 0.0  # the loop's clock when we last became master
+        self._takeover: tuple[str, float] | None = None  # a takeover asked of the registry thread, and when
+        self._wake = threading.Event()  # the registry thread: something to write or read now
+        self._retry_at = 0.0
         self._registry: Registry | None = None
         self._registry_failed = False
         self._pending_state: str | None = None  # to write to the registry
@@ -132,6 +143,7 @@ class HaService:
         self._stop = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._registry_thread: threading.Thread | None = None
         self._interface = None
         self._keepalived: Keepalived | None = None
         self._pacer: Pacer | None = None
@@ -163,7 +175,9 @@ class HaService:
         interface.status_providers["ha"] = self.status
         interface.metric_families.append(self.metric_families)
         self._thread = threading.Thread(target=self._run, name="ha", daemon=True)
+        self._registry_thread = threading.Thread(target=self._run_registry, name="ha-registry", daemon=True)
         self._thread.start()
+        self._registry_thread.start()
         return self
 
     def close(self) -> None:
@@ -172,8 +186,11 @@ class HaService:
             with self._lock:
                 self._keepalived.stop()  # the VIP goes now: the other member takes it at once
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._registry_thread is not None:
+            self._registry_thread.join(15)
         if self._pacer is not None:
             self._pacer.close()
         self._close_fifo()
@@ -189,21 +206,15 @@ class HaService:
             os.close(self._fifo)
             self._fifo = None
 
-    # -- the thread ----------------------------------------------------------------------
+    # -- keepalived's word: the FIFO thread --------------------------------------------
 
     def _run(self) -> None:
+        """Reads the FIFO and acts on it at once; never waits on the registry (its thread does)."""
         buffer = b""
-        next_beat = 0.0
         instance = instance_name(self.ifname)
         while True:
             stopping = self._stop.is_set()
-            if not stopping:
-                self._registry_work(next_beat)
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + self.heartbeat
-                self._watch_keepalived()
-            ready = select.select([self._fifo], [], [], 0 if stopping else
-                                  max(0.0, min(0.5, next_beat - time.monotonic())))[0]
+            ready = select.select([self._fifo], [], [], 0 if stopping else 0.25)[0]
             if ready:
                 try:
                     buffer += os.read(self._fifo, 4096)
@@ -216,9 +227,9 @@ class HaService:
                         self._became(state)
             elif stopping:
                 break
-        # What keepalived said last (STOP, on a clean stop) goes to the registry before we leave.
-        self._pending_state = self._pending_state or ("stopped" if self.state != "stopped" else None)
-        self._registry_work(float("inf"))
+            if not stopping:
+                self._watch_keepalived()
+                self._fall_back_if_late()
 
     def _became(self, state: str) -> None:
         with self._lock:
@@ -228,42 +239,77 @@ class HaService:
             self.since = self.wall_clock()
             self.transitions += 1
             self._pending_state = state
+            if state == "master":
+                self.split.reset()
+                self._request_takeover("MASTER of")
+            else:
+                self._takeover = None
+        self._wake.set()
         vip = self.plan.shared.vip
-        if state == "master":
-            self._since_master = self.clock()
-            self.split.reset()
-            count, where = self._take_over()
-            log.info("%s: MASTER of %s: handshaking with %d peer(s) seen in the last %.0f s (%s)", self.ifname,
-                     vip, count, RESUME_WINDOW, where)
-        elif state == "backup":
+        if state == "backup":
             log.info("%s: BACKUP for %s%s", self.ifname, vip,
                      ": another gateway took it over" if old == "master" else "")
         elif state == "fault":
             log.warning("%s: FAULT: %s cannot hold %s (down, or without its address)", self.ifname,
                         self.plan.member.dev, vip)
-        else:
+        elif state == "stopped":
             log.info("%s: keepalived stopped: %s released", self.ifname, vip)
 
-    def _take_over(self) -> tuple[int, str]:
-        """Queue a handshake with every recent peer for the loop; (how many, where they came from)."""
-        seen_since = self.wall_clock() - RESUME_WINDOW
+    # -- taking the peers over -----------------------------------------------------------
+
+    def _request_takeover(self, why: str) -> None:
+        """(Lock held.) Ask the registry thread for the recent peers' endpoints; `_fall_back_if_late`
+        uses what this gateway knows if the answer does not come within TAKEOVER_WAIT."""
+        self._since_master = self.clock()
+        self._takeover = (why, self.clock())
+
+    def _fall_back_if_late(self) -> None:
+        with self._lock:
+            request = self._takeover
+            if request is None or self.clock() - request[1] < TAKEOVER_WAIT:
+                return
+            self._takeover = None
+        self._queue(request[0], self._local_targets(), "at the endpoints this gateway knew: the registry did "
+                    f"not answer within {TAKEOVER_WAIT:.0f} s")
+
+    def _local_targets(self) -> list:
+        # Every peer, at its endpoint as this gateway last saw it (take_over skips those it has none for).
+        return [(key, None) for key in list(self._interface.device.peers)]
+
+    def _serve_takeover(self) -> None:
+        """(The registry thread.) The recent peers at their last endpoints in the registry, for the pacer."""
+        with self._lock:
+            request = self._takeover
+        if request is None:
+            return
         try:
-            rows = self._reg().peer_endpoints(seen_since=seen_since)
-        except RegistryError as exc:
-            self._registry_down(exc)
-            # Without the registry: the peers this gateway knows an endpoint for, as it last saw them.
-            device = self._interface.device
-            targets = [(key, None) for key in list(device.peers)]
-            self._pacer.add(targets)
-            return len(targets), "the registry is unreachable: at the endpoints this gateway knew"
+            rows = self._reg().peer_endpoints(seen_since=self.wall_clock() - RESUME_WINDOW)
+        except RegistryError:
+            with self._lock:
+                mine = self._takeover is request
+                if mine:
+                    self._takeover = None
+            if mine:  # no registry to ask: what this gateway knows, now
+                self._queue(request[0], self._local_targets(), "at the endpoints this gateway knew: the "
+                            "registry is unreachable")
+            raise
         targets = []
         for row in sorted(rows.values(), key=lambda r: r.last_seen, reverse=True):
             try:
                 targets.append((decode_key(row.public_key), parse_endpoint_text(row.endpoint)))
             except (KeyError_, ValueError):
                 continue
+        with self._lock:
+            if self._takeover is not request:
+                return  # the fall-back went first (it was late), or we are no longer master
+            self._takeover = None
+        self._queue(request[0], targets, f"seen in the last {RESUME_WINDOW:.0f} s, at their last endpoints in "
+                    "the registry")
+
+    def _queue(self, why: str, targets: list, where: str) -> None:
         self._pacer.add(targets)
-        return len(targets), "at their last endpoints in the registry"
+        log.info("%s: %s %s: handshaking with %d peer(s) %s", self.ifname, why, self.plan.shared.vip,
+                 len(targets), where)
 
     def _take_over_batch(self, batch: list) -> None:
         """In the loop's thread."""
@@ -271,10 +317,28 @@ class HaService:
         started = take_over(self._interface.device, plane.perform, batch, self._since_master, plane.clock())
         self.takeover_handshakes += started
 
-    # -- the registry --------------------------------------------------------------------
+    # -- the registry thread ---------------------------------------------------------------
+
+    def _run_registry(self) -> None:
+        next_beat = 0.0
+        while not self._stop.is_set():
+            due = time.monotonic() >= next_beat
+            if due:
+                next_beat = time.monotonic() + self.heartbeat
+            self._registry_work(due)
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+        # What keepalived said last (STOP, on a clean stop) goes to the registry before we leave.
+        self._thread.join(5)
+        with self._lock:
+            if self._pending_state is None and self.state != "stopped":
+                self._pending_state = "stopped"
+        self._registry_work(False)
 
     def _reg(self) -> Registry:
         if self._registry is None:
+            if self._registry_failed and time.monotonic() < self._retry_at:
+                raise _NotYet("the registry failed a moment ago")
             self._registry = self._open()
         return self._registry
 
@@ -282,6 +346,7 @@ class HaService:
         if not self._registry_failed:
             log.warning("%s: HA: %s; the state is kept here and written when it is back", self.ifname, exc)
         self._registry_failed = True
+        self._retry_at = time.monotonic() + REGISTRY_RETRY
         if self._registry is not None:
             try:
                 self._registry.close()
@@ -289,29 +354,30 @@ class HaService:
                 pass
             self._registry = None
 
-    def _registry_work(self, next_beat: float) -> None:
-        """Our address, the state to record, and (when due) the heartbeat and the look for a second master."""
+    def _registry_work(self, beat: bool) -> None:
+        """One round of the registry thread: a takeover's endpoints first (time counts), our address,
+        the state to record, and when BEAT the heartbeat and the look for a second master."""
         try:
-            reg = None
+            self._serve_takeover()
             if self._need_address:
-                reg = self._reg()
-                self._write_address(reg)
+                self._write_address(self._reg())
                 self._need_address = False
             with self._lock:
                 pending = self._pending_state
             if pending is not None:
-                reg = reg or self._reg()
-                reg.set_gateway(self.plan.gateway, ha_state=pending)
+                self._reg().set_gateway(self.plan.gateway, ha_state=pending)
                 with self._lock:
                     if self._pending_state == pending:
                         self._pending_state = None
-            if time.monotonic() >= next_beat:
-                reg = reg or self._reg()
+            if beat:
+                reg = self._reg()
                 reg.heartbeat(self.plan.gateway)
                 self._look_for_second_master(reg.gateways())
             if self._registry_failed:
                 log.info("%s: HA: the registry is reachable again", self.ifname)
                 self._registry_failed = False
+        except _NotYet:
+            pass
         except RegistryError as exc:
             self._registry_down(exc)
 
@@ -328,24 +394,25 @@ class HaService:
 
     def _look_for_second_master(self, gateways) -> None:
         members = [g for g in gateways if g.ha_role == ROLE]
-        appeared, went = self.split.look(members, self.plan.gateway, self.state == "master", self.clock())
+        with self._lock:
+            master = self.state == "master"
+            appeared, went = self.split.look(members, self.plan.gateway, master, self.clock())
+            retake = bool(went) and not self.split.claimants and master
+            if retake:
+                self._request_takeover("still MASTER of")  # our peers may have moved to the other meanwhile
         vip = self.plan.shared.vip
         for name in sorted(appeared):
             log.warning("%s: split brain: gateway %s holds %s too (its row says master and its heartbeat "
                         "goes on): the network between the members is cut; clients reach whichever one "
                         "the segment's ARP points at", self.ifname, name, vip)
         for name in sorted(went):
-            if self.state == "master":
+            if master:
                 log.warning("%s: split brain over: gateway %s no longer claims %s", self.ifname, name, vip)
             else:
                 log.warning("%s: split brain over: this gateway is %s again, %s holds %s", self.ifname,
                             self.state.upper(), name, vip)
-        if went and not self.split.claimants and self.state == "master":
-            # Our peers may have moved to the other master meanwhile: bring them back.
-            self._since_master = self.clock()
-            count, where = self._take_over()
-            log.info("%s: still MASTER of %s: handshaking with %d peer(s) again (%s)", self.ifname, vip, count,
-                     where)
+        if retake:
+            self._serve_takeover()
 
     # -- keepalived ----------------------------------------------------------------------
 
