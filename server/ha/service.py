@@ -135,6 +135,8 @@ class HaService:
         self._takeover: tuple[str, float] | None = None  # a takeover asked of the registry thread, and when
         self._wake = threading.Event()  # the registry thread: something to write or read now
         self._retry_at = 0.0
+        self._states: dict[str, str | None] = {}  # the other gateways' HA states, as the last snapshot said
+        self._look_now = False
         self._registry: Registry | None = None
         self._registry_failed = False
         self._pending_state: str | None = None  # to write to the registry
@@ -322,7 +324,8 @@ class HaService:
     def _run_registry(self) -> None:
         next_beat = 0.0
         while not self._stop.is_set():
-            due = time.monotonic() >= next_beat
+            due = time.monotonic() >= next_beat or self._look_now
+            self._look_now = False
             if due:
                 next_beat = time.monotonic() + self.heartbeat
             self._registry_work(due)
@@ -452,9 +455,15 @@ class HaService:
     # -- following the registry ------------------------------------------------------------
 
     def _on_snapshot(self, snap, now: float) -> None:
-        """The reconciler's listener: what a running keepalived can take, it gets."""
+        """The reconciler's listener: what a running keepalived can take, it gets; another member's new
+        state is looked at now (a second master that stepped back ends a split brain at once)."""
         if self._keepalived is None or self._closing.is_set():
             return
+        states = {g.name: g.ha_state for g in snap.gateways if g.name != self.plan.gateway}
+        if states != self._states:
+            self._states = states
+            self._look_now = True
+            self._wake.set()
         try:
             plan = plan_for(snap.settings.extra, snap.gateways, self.plan.gateway)
         except HaError as exc:

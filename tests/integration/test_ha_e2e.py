@@ -216,11 +216,13 @@ def test_the_vip_moves_and_stock_and_our_clients_follow(netns_factory, tmp_path,
     for gw, other in ((gw1, "gw2"), (gw2, "gw1")):
         Netns.wait_for(lambda: f"split brain: gateway {other} holds" in gw.log(), 20, what=f"{gw.ifname} split")
     net.g2.run(["nft", "delete", "table", "inet", "habreak"])
+    unblocked = time.time()
     Netns.wait_for(lambda: "split brain over: gateway gw2 no longer claims" in gw1.log(), 20, what="healed")
     healed = time.time()
     assert _state(gw1) == "master" and _state(gw2) == "backup" and net.holds_vip(gw1) and not net.holds_vip(gw2)
     after = {name: round(pl.wait_reply_after(healed, 15), 2) for name, pl in pings.items()}
-    print(f"split brain healed: first ping replies {after} s later; outage {_outage(pings, healed - 5)} s")
+    print(f"split brain healed: first ping replies {after} s after gateway 1 saw it end; outage from the "
+          f"network's repair {_outage(pings, unblocked)} s")
 
     # Clean stops: keepalived goes with each daemon, and the VIP with the one holding it, at once
     # (keepalived's last advert has priority 0: the other takes over without waiting 3 of them).
