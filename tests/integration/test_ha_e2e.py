@@ -43,6 +43,7 @@ from tests.helpers.pinglog import PingLog
 from tests.helpers.server import ServerProc, http_login
 from tests.helpers.tunnelproc import ResumableDownload, start_tunnel, write_config
 from tunnel.config import parse_config
+from tunnel.show import status
 
 pytestmark = pytest.mark.netns
 
@@ -97,8 +98,8 @@ def _ha(gw: ServerProc) -> dict:
 
 
 def _state(gw: ServerProc) -> str | None:
-    daemon = _ha(gw)["daemon"]
-    return (daemon.get("ha") or {}).get("state") if daemon["running"] else None
+    """The daemon's HA state, from its control socket (what `tunnel show` reads; `show --json` is checked once)."""
+    return status(gw.ifname)["extra"]["ha"]["state"]
 
 
 def _keepalived_of(gw: ServerProc) -> list[int]:

@@ -6,8 +6,9 @@ r"""`tunnel server ha` on one gateway (SQLite registry), with a real keepalived,
 Checked: a malformed VIP, a VIP outside the device's subnets, a device that does not exist, no
 keepalived on PATH (at `ha` and at `up`), a VRID the other router advertises: one line each, exit
 status 1, no traceback, and for `up` nothing left (no link, no journal, no keepalived). With a free
-VRID the gateway takes the VIP; its device down -> FAULT (and no VIP), up -> master again; its
-daemon SIGKILLed alone -> keepalived follows it (it was told to
+VRID the gateway takes the VIP; its device down -> FAULT (and no VIP), up -> master again;
+keepalived SIGKILLed -> the daemon starts it again and it takes the VIP back; the daemon SIGKILLed
+alone -> keepalived follows it (it was told to
 die with it) and the VIP is released without anyone's help; `tunnel down` then has nothing left to
 do; a keepalived that outlived its daemon is stopped by `tunnel down` and its VIP removed; `ha off` gives the server file back its wildcard port and clients the server's endpoint.
 The two-gateway fail-over with clients is tests/integration/test_ha_e2e.py.
@@ -26,6 +27,7 @@ import pytest
 from tests.helpers.netns import Netns
 from tests.helpers.server import ServerProc
 from tests.helpers.tunnelproc import tunnel_env
+from tunnel.show import status
 from tunnel.undo import Journal
 
 import server.ha.keepalived  # noqa: F401 - registers the journal's "keepalived" step
@@ -77,7 +79,8 @@ def _server_file(srv: ServerProc) -> str:
 
 
 def _state(srv: ServerProc) -> str | None:
-    return (json.loads(srv.cli("show", "--json").stdout)["daemon"].get("ha") or {}).get("state")
+    """The daemon's HA state, from its control socket (what `tunnel show` reads)."""
+    return status(srv.ifname)["extra"]["ha"]["state"]
 
 
 def _holds_vip(ns: Netns) -> bool:
@@ -135,6 +138,11 @@ def test_bad_input_a_vrid_in_use_and_keepalived_dying_with_the_daemon(netns_fact
     assert not _holds_vip(g)
     g.run(["ip", "link", "set", "g-f", "up"])
     Netns.wait_for(lambda: _holds_vip(g) and _state(srv) == "master", 20, what="master again with the device up")
+    with open(os.path.join(srv.dir, f"{srv.ifname}.ha", "keepalived.pid")) as f:
+        os.kill(int(f.read()), signal.SIGKILL)  # keepalived dies alone: the daemon starts it again
+    Netns.wait_for(lambda: "keepalived exited with status -9: starting it again in 2 s" in srv.log(), 10,
+                   what="the daemon noticing")
+    Netns.wait_for(lambda: _holds_vip(g) and _state(srv) == "master", 20, what="master again after the restart")
     assert len(_keepalived_of(srv)) == 2  # its parent and its VRRP child
     os.kill(srv.proc.pid, signal.SIGKILL)  # the daemon alone: keepalived was not killed
     Netns.wait_for(lambda: not _keepalived_of(srv) and not _holds_vip(g), 15,
