@@ -237,7 +237,8 @@ def registry(tmp_path):
 def _service(path, device):
     from tunnel.resume import Pacer
 
-    plan = plan_for(open_registry(path).settings().extra, open_registry(path).gateways(), "gw1")
+    with open_registry(path, create=False) as reg:
+        plan = plan_for(reg.settings().extra, reg.gateways(), "gw1")
     svc = HaService(lambda: open_registry(path, create=False), _Reconciler(), plan, address="10.70.0.1",
                     server_dir="/nonexistent")
     iface = _Interface(device)
