@@ -10,8 +10,8 @@ Files, in the server's directory (never the machine's /etc/keepalived): DIR/IFAC
 Rules kept here:
 - the journal step "keepalived" is recorded before keepalived starts: `tunnel down` after a crash
   (and the next start) stops whatever runs with our config file and removes the VIP if it was left
-  on DEV (in the namespace the step was written in only); undo runs newest first, so the VIP goes
-  before the rest of the interface;
+  on DEV (the journal is undone only in the namespace it was written in); undo runs newest first,
+  so the VIP goes before the rest of the interface;
 - keepalived runs in the foreground (--dont-fork) in the daemon's process group, with
   PR_SET_PDEATHSIG: when the daemon dies keepalived is told to stop and releases the VIP, rather
   than hold it for a gateway that no longer serves. The death signal follows the *thread* that
@@ -162,10 +162,6 @@ def make_fifo(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
-def _netns_inode() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
 class Keepalived:
     """One keepalived beside the daemon: `start(journal)`, `reload(text)`, `poll()`, `stop()`."""
 
@@ -182,7 +178,7 @@ class Keepalived:
         """Record the undo, write the config, start keepalived (from the thread that lives as long as the daemon)."""
         program = keepalived_path()
         journal.record("keepalived", conf=self.files.conf, pidfile=self.files.pidfile,
-                       dev=self.plan.member.dev, vip=str(self.plan.shared.vip), netns=_netns_inode())
+                       dev=self.plan.member.dev, vip=str(self.plan.shared.vip))
         _write(self.files.conf, self.text)
         self._spawn(program)
 
@@ -277,17 +273,16 @@ def _ours(pid: int, conf: str) -> bool:
 
 
 def _running(conf: str, pidfile: str) -> list[int]:
-    """Every keepalived process running with CONF: the pid file's, and any other /proc shows."""
-    pids = set()
+    """Every keepalived process running with CONF, the pid file's (the parent: its children stop with
+    it) first, then any other /proc shows (a child left alone, a parent whose pid file is gone)."""
+    parent = 0
     try:
         with open(pidfile) as f:
-            pids.add(int(f.read().strip() or 0))
+            parent = int(f.read().strip() or 0)
     except (OSError, ValueError):
         pass
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            pids.add(int(name))
-    return sorted(p for p in pids if p > 0 and _ours(p, conf))
+    others = sorted(int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != parent)
+    return [p for p in [parent, *others] if p > 0 and _ours(p, conf)]
 
 
 def _alive(pid: int) -> bool:
@@ -299,13 +294,11 @@ def _alive(pid: int) -> bool:
 
 
 @undoer("keepalived")
-def undo_keepalived(conf: str, pidfile: str, dev: str, vip: str, netns: int | None = None) -> None:
+def undo_keepalived(conf: str, pidfile: str, dev: str, vip: str) -> None:
     """Stop the keepalived of CONF (its parent first: the children follow) and remove VIP from DEV if it
     is still there. Idempotent: nothing running and no VIP is nothing to do."""
     for pid in _running(conf, pidfile):
         _stop(pid, lambda pid=pid: not _alive(pid))
-    if netns is not None and netns != _netns_inode():
-        return  # written in another namespace: its DEV is not this one's
     _remove_address(dev, vip)
 
 
