@@ -111,8 +111,7 @@ def test_keepalived_config_unicast_to_the_other_members_and_multicast_alone():
     body = [line.strip() for line in text.splitlines() if not line.startswith("#")]
     assert body == [
         "global_defs {", "router_id gw1", 'vrrp_notify_fifo "/etc/wireguard/wg0.ha/notify.fifo"',
-        "fifo_write_vrrp_states_on_reload", "vrrp_garp_interval 0.3", "vrrp_gna_interval 0.3",
-        "vrrp_garp_master_delay 2", "}",
+        "fifo_write_vrrp_states_on_reload", "}",
         "vrrp_instance tunnel_wg0 {", "state BACKUP", "interface g1-r", "virtual_router_id 181", "priority 150",
         "advert_int 1", "unicast_src_ip 10.70.0.1", "unicast_peer {", "10.70.0.2", "10.70.0.3", "}",
         "virtual_ipaddress {", "10.70.0.100/24 dev g1-r", "}", "}"]

@@ -45,12 +45,6 @@ from .settings import HaError, Plan
 log = logging.getLogger("tunnel")
 
 ADVERT_INT = 1  # seconds between adverts: a dead master is noticed after ~3.5 of them
-# A new master's gratuitous ARPs (neighbour advertisements) are spread over more than a second: a
-# Linux neighbour entry refreshed less than `locktime` (1 s) ago ignores updates, and keepalived's
-# default burst (5 at once) can fall entirely within it after a clean hand-over, leaving the
-# segment's router on the old MAC until the second burst (5 s later by default).
-GARP_INTERVAL = 0.3  # seconds between two of a burst (5 a burst: 1.2 s)
-GARP_SECOND_BURST = 2  # seconds after becoming master
 STOP_TIMEOUT = 5.0  # seconds keepalived gets to release the VIP on SIGTERM before SIGKILL
 _PR_SET_PDEATHSIG = 1
 # keepalived's start-up lines that say nothing about this VIP (its command line, wrapped; a user for
@@ -111,9 +105,6 @@ def render(plan: Plan, *, ifname: str, address: str, fifo: str) -> str:
         f"    router_id {plan.gateway}",
         f"    vrrp_notify_fifo {_quoted(fifo)}",
         "    fifo_write_vrrp_states_on_reload",
-        f"    vrrp_garp_interval {GARP_INTERVAL}",
-        f"    vrrp_gna_interval {GARP_INTERVAL}",
-        f"    vrrp_garp_master_delay {GARP_SECOND_BURST}",
         "}",
         f"vrrp_instance {instance_name(ifname)} {{",
         "    state BACKUP",
