@@ -20,9 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  # The tests start their own FreeRADIUS and PostgreSQL: the packaged services, started
-  # by the install, must not stay running or enabled.
-  for svc in freeradius postgresql; do
+  # The tests start their own FreeRADIUS and PostgreSQL, and `tunnel server up` its own
+  # keepalived: the packaged services, started by the install, must not stay running or enabled.
+  for svc in freeradius postgresql keepalived; do
     if [[ " ${missing[*]} " == *" $svc "* ]]; then
       systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
     fi

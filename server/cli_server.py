@@ -302,3 +302,18 @@ def list_(as_json, directory, ifname) -> None:
         click.echo(f"{c.name:<16} {', '.join(c.addresses):<32} {groups:<20} {expiry:<40} {state}")
     if not clients:
         click.echo("no clients yet: `tunnel server add-client NAME`")
+
+
+@server.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@_DIR
+@_IFACE
+def show(as_json, directory, ifname) -> None:
+    """This server as this gateway sees it: where clients dial, the virtual IP, every gateway, this daemon."""
+    from server.status import render, server_status
+
+    state = _call(server_status, directory, ifname)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        click.echo(render(state), nl=False)

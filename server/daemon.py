@@ -4,7 +4,9 @@ keeps both following the registry.
 Start-up: IFACE.conf is regenerated from the registry (so the interface comes
 up with today's clients), then `tunnel up` of it runs with the server role
 (server/role.py): the gateway as its setup, the reconciler as its service, the registry's
-peer_endpoints as where clients' endpoints are kept for resuming them after a restart. A registry that cannot be
+peer_endpoints as where clients' endpoints are kept for resuming them after a restart, and,
+when this gateway serves a virtual IP, keepalived beside it (server/ha): everything it needs of
+the machine (keepalived, the device, the subnet, a free VRID) is checked before anything starts. A registry that cannot be
 reached at start (a PostgreSQL elsewhere) is not fatal: the daemon serves
 IFACE.conf as last generated, with the settings and expiries of
 IFACE.cache.json, and the reconciler catches up when it returns.
@@ -17,6 +19,9 @@ import logging
 from server import statecache
 from server.access.control import AccessControl
 from server.endpointstore import RegistryEndpointStore
+from server.ha.checks import check_machine
+from server.ha.service import HaService
+from server.ha.settings import HaError, Plan, plan_for
 from server.layout import Local, Paths
 from server.provision import ProvisionError, locate, paths, publish
 from server.reconcile import Reconciler
@@ -80,6 +85,12 @@ def _prepare(directory: str | None, ifname: str | None) -> tuple[str, ServerRole
     except ProvisionError as exc:
         return str(exc)
     live = snap if snap.revision >= 0 else None
+    try:
+        ha_plan = _ha_plan(snap, local.gateway)
+    except HaError as exc:
+        if registry is not None:
+            registry.close()
+        return f"{p.ifname}: {exc}"
 
     def opener():
         return open_registry(local.registry, create=False)
@@ -87,9 +98,23 @@ def _prepare(directory: str | None, ifname: str | None) -> tuple[str, ServerRole
     reconciler = Reconciler(opener, registry=registry, snapshot=live,
                             on_snapshot=lambda s, now: _publish(p, s, local, now))
     access = AccessControl(opener, reconciler, gateway=local.gateway, state_dir=p.directory)
-    endpoints = RegistryEndpointStore(opener, gateway=local.gateway,
+    # A member of a VIP resumes its peers when it becomes master (server/ha), not at start.
+    endpoints = RegistryEndpointStore(opener, gateway=local.gateway, resume_at_start=ha_plan is None,
                                       where=registry.location if registry is not None else "the registry")
-    return p.conf, ServerRole(snap.settings, reconciler, access, endpoints)
+    ha = None
+    if ha_plan is not None:
+        plan, address = ha_plan
+        ha = HaService(opener, reconciler, plan, address=address, server_dir=p.directory)
+    return p.conf, ServerRole(snap.settings, reconciler, access, endpoints, ha)
+
+
+def _ha_plan(snap: Snapshot, gateway: str) -> tuple[Plan, str] | None:
+    """This gateway's VIP plan and its own address on the device, every check passed; None if HA is off."""
+    plan = plan_for(snap.settings.extra, snap.gateways, gateway)
+    if plan is None:
+        return None
+    address = check_machine(plan.member.dev, plan.shared)
+    return plan, address
 
 
 def _publish(p: Paths, snap: Snapshot, local: Local, now: float) -> None:

@@ -12,7 +12,8 @@ Rules kept here:
 - records are this gateway's: written with its name, and at start only the
   peers last seen by this gateway are resumed, since one that moved to
   another gateway is served there (a handshake from here would pull it
-  back);
+  back); a member of a virtual IP resumes nobody at start (resume_at_start=False): it handshakes
+  with every recent peer when it becomes the VIP's holder (server/ha), and not before;
 - an unreachable or refusing registry is EndpointStoreError in one line: the
   recorder keeps the records and tries again, the interface keeps serving.
 """
@@ -27,9 +28,11 @@ from tunnel.protocol.crypto import KeyError_, decode_key, encode_key
 
 
 class RegistryEndpointStore:
-    def __init__(self, opener: Callable[[], Registry], *, gateway: str | None = None, where: str = "the registry"):
+    def __init__(self, opener: Callable[[], Registry], *, gateway: str | None = None, where: str = "the registry",
+                 resume_at_start: bool = True):
         self._open = opener
         self.gateway = gateway
+        self.resume_at_start = resume_at_start
         self.where = where
         self._registry: Registry | None = None
 
@@ -39,6 +42,8 @@ class RegistryEndpointStore:
         return self._registry
 
     def load(self, seen_since: float) -> list[SeenEndpoint]:
+        if not self.resume_at_start:
+            return []
         try:
             rows = self._reg().peer_endpoints(seen_since=seen_since)
         except RegistryError as exc:

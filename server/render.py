@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
+from server.ha.settings import HaError, plan_for, shared_from
 from server.layout import Local, header_lines
 from server.policy import ClientRef, PolicyError, client_settings, load_policy
 from server.registry import Client, Gateway, ServerSettings, Snapshot, split_endpoint
@@ -34,6 +35,10 @@ def server_config(snap: Snapshot, local: Local, now: float) -> str:
     metrics = gateway.options.get("metrics") if gateway else None
     if metrics:
         iface.extensions["MetricsAddress"] = [metrics]
+    vip = _member_vip(snap, local.gateway)
+    if vip is not None:
+        # Only the holder of the VIP gets clients' datagrams, and every reply must leave from it.
+        iface.extensions["ListenAddress"] = [str(vip)]
     body = Config(interface=iface).to_text()
     peers = "".join(_peer_text(c) for c in snap.active_clients(now))
     return "\n".join(header_lines(local, snap.revision)) + "\n" + body + peers
@@ -56,13 +61,30 @@ def server_peer(c: Client) -> PeerConfig:
                       allowed_ips=[ipaddress.ip_interface(a) for a in c.addresses], name=c.name)
 
 
+def _member_vip(snap: Snapshot, gateway: str):
+    """The VIP this gateway serves (HA on and it is a member), or None; a setting that cannot be read
+    is none (the daemon refuses to start on it with its own message)."""
+    try:
+        plan = plan_for(snap.settings.extra, snap.gateways, gateway)
+    except HaError:
+        return None
+    return plan.shared.vip.ip if plan is not None else None
+
+
 def client_endpoints(settings: ServerSettings, gateways: Iterable[Gateway] = ()) -> list[tuple[str, int]]:
-    """Where a client dials: the server's endpoint, then each gateway's own (by name), without repeats.
+    """Where a client dials: the server's endpoint, then each gateway's own (by name), without repeats;
+    with a virtual IP (`tunnel server ha`), the VIP alone: only its holder receives client traffic.
 
     A gateway's endpoint is HOST, HOST:PORT or [V6]:PORT as `init --endpoint`
     / `join --endpoint` stored it; without a port it is the server's. One
     that cannot be read is left out (a client file must always load).
     """
+    try:
+        shared = shared_from(settings.extra)
+    except HaError:
+        shared = None
+    if shared is not None:
+        return [(str(shared.vip.ip), settings.port)]
     out = [(settings.endpoint, settings.port)]
     for g in sorted(gateways, key=lambda g: g.name):
         endpoint = _host_port(g.endpoint or "", settings.port)

@@ -6,6 +6,9 @@
   registry (server/reconcile.py), and the access control that keeps the
   policy, bandwidth limits and login sessions in step with it
   (server/access/), closed before the interface goes down;
+- when this gateway serves a virtual IP, the HA service (server/ha): keepalived beside the
+  daemon, its state changes, the handshakes on becoming master; started last (the VIP is taken
+  only once everything else serves) and closed first (it is released before anything goes);
 - endpoint store: the registry's peer_endpoints table (server/endpointstore.py)
   keeps each client's last endpoint, so a restarted server resumes the
   clients it had (tunnel/resume.py).
@@ -26,11 +29,12 @@ from .gateway import apply_gateway
 class ServerRole(Role):
     name = "server"
 
-    def __init__(self, settings: Any, reconciler: Any, access: Any = None, endpoints: Any = None):
+    def __init__(self, settings: Any, reconciler: Any, access: Any = None, endpoints: Any = None, ha: Any = None):
         self.settings = settings  # server.registry.ServerSettings: pools, nat, client_to_client
         self.reconciler = reconciler  # server.reconcile.Reconciler
         self.access = access  # server.access.control.AccessControl
         self.endpoints = endpoints  # server.endpointstore.RegistryEndpointStore
+        self.ha = ha  # server.ha.service.HaService
 
     def setup(self, interface) -> None:
         s = self.settings
@@ -41,6 +45,8 @@ class ServerRole(Role):
         started = [self.reconciler.start(interface)]
         if self.access is not None:
             started.append(self.access.start(interface))
+        if self.ha is not None:
+            started.append(self.ha.start(interface))
         return started
 
     def endpoint_store(self, interface):

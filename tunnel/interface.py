@@ -4,7 +4,7 @@ Order of bring-up (each OS change recorded in the journal before it is made):
     undo whatever a crashed earlier run left (its state file)
     PreUp hooks
     TUN device, addresses, MTU, link up
-    UDP sockets (v4 and v6, SO_MARK = FwMark)
+    UDP sockets (v4 and v6, SO_MARK = FwMark; bound to ListenAddress if given)
     routes for AllowedIPs
     each role's setup: the roles whose config asks for them (the client's
     full-tunnel policy routing, DNS and kill switch for a /0 in AllowedIPs,
@@ -24,6 +24,7 @@ Rules kept here:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -120,6 +121,7 @@ class Interface:
                 log.warning("%s: %s", self.name, failure)
         hooks.run_hooks(iface.pre_up, self.name, "PreUp")
 
+        hosts = listen_addresses(iface.extensions.get("ListenAddress", []))
         allowed = [n for p in cfg.peers for n in p.allowed_networks()]  # objects: parsed once, not per use
         self.full_tunnel = netconfig.is_full_tunnel(allowed)
         full = any(self.full_tunnel)
@@ -161,9 +163,10 @@ class Interface:
 
         try:
             self.udp = UdpEndpoint(iface.listen_port or 0, fwmark=self.fwmark or 0,
-                                   buffer_size=UDP_BUFFER)
+                                   buffer_size=UDP_BUFFER, freebind=bool(hosts), **hosts)
         except OSError as exc:
-            raise InterfaceError(f"cannot bind UDP port {iface.listen_port}: {exc.strerror or exc}") from None
+            where = "".join(f" on {h}" for h in hosts.values())
+            raise InterfaceError(f"cannot bind UDP port {iface.listen_port}{where}: {exc.strerror or exc}") from None
 
         self.device = Device(iface.private_key, wall_epoch=time.time() - time.monotonic(), mtu=mtu)
         for p in cfg.peers:
@@ -341,6 +344,28 @@ def _derive_mtu(endpoints) -> int:
             m = route.mtu - OVERHEAD_IPV6
             best = m if best is None else min(best, m)
     return best if best is not None else DEFAULT_MTU
+
+
+def listen_addresses(values: list[str]) -> dict[str, str]:
+    """ListenAddress values (comma-separated or repeated, one address per family) as UdpEndpoint's
+    host4/host6 keywords; InterfaceError in one line for anything else."""
+    hosts: dict[str, str] = {}
+    for value in values:
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            try:
+                address = ipaddress.ip_address(item.strip("[]"))
+            except ValueError:
+                raise InterfaceError(f"ListenAddress {item!r} is not an IP address") from None
+            if address.is_multicast or address.is_unspecified:
+                raise InterfaceError(f"ListenAddress {item!r}: give one unicast address of this machine")
+            key = "host4" if address.version == 4 else "host6"
+            if key in hosts and hosts[key] != str(address):
+                raise InterfaceError(f"ListenAddress: one IPv{address.version} address at most "
+                                     f"({hosts[key]} and {address})")
+            hosts[key] = str(address)
+    return hosts
 
 
 def _table_setting(table: str | None) -> str:

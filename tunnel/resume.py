@@ -13,6 +13,11 @@ wire), so we do, at start:
 The recorder (tunnel/endpointrecorder.py) keeps that store up to date while
 we run; `EndpointKeeper` is the interface's service that runs both.
 
+A standby that takes over another instance's address (a gateway becoming
+the holder of a virtual IP, server/ha) is in the same place as a restarted
+daemon, except that its peers may hold sessions of ours they no longer use:
+`take_over` starts each afresh, handed in batches by the same Pacer.
+
 Rules kept here:
 - initiations are paced by a token bucket (RESUME_RATE a second, bursts of
   RESUME_BURST), so 10,000 peers do not burst: each costs two X25519 (the
@@ -108,6 +113,36 @@ def initiate(device, perform: Callable[[list, float], None], targets: Sequence[T
                 continue
             peer.endpoint = stored
         perform(device.initiate(peer, now), now)
+        started += 1
+    return started
+
+
+def take_over(device, perform: Callable[[list, float], None], targets: Sequence[Target], since: float,
+              now: float) -> int:
+    """In the loop's thread: sessions another instance with our key served (a standby gateway that
+    has just taken over its address) start afresh, each at its stored endpoint; how many were started.
+
+    Unlike `initiate` a peer's session here is no reason to skip it: it may be
+    one the peer has long replaced with the other instance's, which it now
+    seals with (and our packets sealed with ours would be dropped). So each
+    target gets what a switch of endpoint gives (Peer.switch_endpoint: what we
+    send waits for the new session, late packets on the old one still open),
+    except a peer that completed a handshake with us at or after SINCE (the
+    moment we took over): it came to us by itself.
+    """
+    started = 0
+    for key, stored in targets:
+        peer = device.peers.get(key)
+        if peer is None or peer.removed:
+            continue
+        if peer.last_handshake is not None and peer.last_handshake >= since:
+            continue
+        if peer.last_sent_initiation is not None and peer.last_sent_initiation >= since:
+            continue
+        endpoint = stored if stored is not None else peer.endpoint
+        if endpoint is None:
+            continue
+        perform(device.switch_endpoint(peer, endpoint, now), now)
         started += 1
     return started
 

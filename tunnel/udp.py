@@ -22,6 +22,13 @@ Rules this module keeps:
   the new sockets are bound before the old ones close, so a port that
   cannot be had raises and leaves everything as it was; `set_fwmark(mark)`
   marks every socket from then on (`wg set fwmark`).
+- Bound to given addresses (host4/host6, e.g. a virtual IP that moves
+  between gateways), every socket of that family binds there with
+  IP_FREEBIND, so it can bind before the address is on an interface; the
+  kernel then receives only what is sent to that address and sends every
+  reply, GSO trains included, from it (a stock peer drops replies from any
+  other address). While the address is not local, sends and the pinned
+  sockets' connect fail (ENETUNREACH): counted as send errors, never fatal.
 - Only the Linux socket options are used; there is no portable fallback.
 """
 
@@ -49,6 +56,7 @@ MAX_GSO_BYTES = 65507
 RECV_BUFFER_SIZE = 65536
 
 SO_ATTACH_REUSEPORT_CBPF = 51
+IP_FREEBIND = 15  # SOL_IP; the kernel honours it on IPv6 sockets too
 
 
 class _FirstSocket:
@@ -81,7 +89,9 @@ class UdpEndpoint:
     """The IPv4 and IPv6 sockets of one listening port, and the pinned sockets of established peers.
 
     `UdpEndpoint(port=0, fwmark=0, host4="0.0.0.0", host6="::", v4=True,
-    v6=True, buffer_size=8 MiB, gro=True, filter=True, pinning=True)`.
+    v6=True, buffer_size=8 MiB, gro=True, filter=True, pinning=True,
+    freebind=False)`; freebind lets host4/host6 be addresses that are not
+    (yet) on any interface.
     `.sock4` / `.sock6` (None when that family is disabled or the host has
     no IPv6), `.port` (the port both got; with port 0 the IPv6 socket binds
     the one the IPv4 socket was given, retrying a new one if it is taken),
@@ -100,13 +110,14 @@ class UdpEndpoint:
     def __init__(self, port: int = 0, fwmark: int = 0, host4: str = "0.0.0.0",
                  host6: str = "::", v4: bool = True, v6: bool = True,
                  buffer_size: int = 8 << 20, gro: bool = True, filter: bool = True,
-                 pinning: bool = True):
+                 pinning: bool = True, freebind: bool = False):
         if not (v4 or v6):
             raise ValueError("need at least one address family")
         self.sock4 = self.sock6 = None
         self.gro = gro
         self.filter = filter
         self.pinning = pinning
+        self.freebind = freebind
         self._buffer_size, self._fwmark = buffer_size, fwmark
         self._families = (v4, v6)
         self._hosts = {socket.AF_INET: host4, socket.AF_INET6: host6}
@@ -147,6 +158,8 @@ class UdpEndpoint:
             try:
                 if family == socket.AF_INET6:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if self.freebind:
+                    probe.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
                 probe.bind((host, port))
                 port = probe.getsockname()[1]
             finally:
@@ -176,6 +189,8 @@ class UdpEndpoint:
                 s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.freebind:
+                s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
             if self.pinning:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self.gro:
@@ -206,7 +221,7 @@ class UdpEndpoint:
             return [], []
         v4, v6 = self._families
         fresh = UdpEndpoint(port, self._fwmark, self._hosts[socket.AF_INET], self._hosts[socket.AF_INET6],
-                            v4, v6, self._buffer_size, self.gro, self.filter, self.pinning)
+                            v4, v6, self._buffer_size, self.gro, self.filter, self.pinning, self.freebind)
         closed = list(self._by_fd)
         for s in [*self.sockets(), *self._pinned.values()]:
             self._closed_drops += udpfilter.socket_drops(s)

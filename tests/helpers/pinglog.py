@@ -54,6 +54,11 @@ class PingLog:
                 raise AssertionError(f"no ping reply within {timeout} s of the restart")
             time.sleep(0.1)
 
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time without a reply between wall times START and END (what an outage cost)."""
+        times = [start] + [t for t in self.replies() if start < t < end] + [end]
+        return max(b - a for a, b in zip(times, times[1:]))
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

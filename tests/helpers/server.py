@@ -6,6 +6,9 @@
     text = srv.add_client("alice")      # the client's wg-quick file
     assert srv.stop() == 0
 
+`http_login(ns, body)` logs a client in from NS as an official app's user would: a plain HTTP
+POST to the login endpoint on the server's tunnel address.
+
 Rules kept here: the server's files live under WORKDIR/srv and its journal
 under WORKDIR/srv-state (TUNNEL_STATE_DIR), never in /etc/wireguard or
 /run/tunnel; the interface name is unique on the machine (its control
@@ -101,6 +104,24 @@ class ServerProc:
         out = self.ns.run(["wg", "show", self.ifname, "dump"]).stdout.strip().splitlines()
         return {line.split("\t")[0]: line.split("\t") for line in out[1:]}
 
+    def add_user(self, name: str, password: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`tunnel server user add NAME --password-file -` with PASSWORD on stdin (a local account for login)."""
+        return self.ns.run([sys.executable, "-m", "tunnel", "server", "user", "add", name, *extra, "--password-file",
+                            "-", "--dir", self.dir, "-i", self.ifname], input=password + "\n",
+                           env=tunnel_env(self.state))
+
     def show_json(self) -> dict:
         res = self.ns.run([sys.executable, "-m", "tunnel", "show", self.ifname, "--json"], env=tunnel_env(self.state))
         return json.loads(res.stdout)
+
+
+def http_login(ns: Netns, body: dict, address: str = "10.8.0.1") -> dict:
+    """POST BODY ({"user", "password"[, "code"]}) to http://ADDRESS/api/login from NS; the JSON answer."""
+    code = ("import json, sys, urllib.request\n"
+            "req = urllib.request.Request(sys.argv[2] + '/api/login', data=sys.argv[1].encode(),\n"
+            "                             headers={'Content-Type': 'application/json'})\n"
+            "try:\n"
+            "    print(urllib.request.urlopen(req, timeout=15).read().decode())\n"
+            "except urllib.error.HTTPError as exc:\n"
+            "    print(exc.read().decode())\n")
+    return json.loads(ns.python(code, json.dumps(body), f"http://{address}").stdout)

@@ -22,7 +22,7 @@ import pytest
 from server.auth import totp
 from tests.auth.freeradius import ALICE_PASSWORD, ALICE_TOTP, CAROL_PASSWORD, CAROL_TOTP, SECRET, freeradius
 from tests.helpers.netns import genkey, wireguard_go
-from tests.helpers.server import ServerProc
+from tests.helpers.server import ServerProc, http_login
 from tests.helpers.tunnelproc import start_tunnel, tunnel_env
 from tests.policy.netprobe import EchoServers, tcp_connect, tcp_reaches
 from tunnel.config import parse_config
@@ -115,17 +115,6 @@ def tcp_open(ns, host: str, port: int) -> bool:
     return True
 
 
-def _http_login(ns, body: dict) -> dict:
-    code = ("import json, sys, urllib.request\n"
-            "req = urllib.request.Request('http://10.8.0.1/api/login', data=sys.argv[1].encode(),\n"
-            "                             headers={'Content-Type': 'application/json'})\n"
-            "try:\n"
-            "    print(urllib.request.urlopen(req, timeout=15).read().decode())\n"
-            "except urllib.error.HTTPError as exc:\n"
-            "    print(exc.read().decode())\n")
-    return json.loads(ns.python(code, json.dumps(body)).stdout)
-
-
 def test_local_accounts_one_time_codes_kick_and_idle(netns_factory, tmp_path):
     topo = netns_factory("lg")
     site = LoginSite(topo, tmp_path)
@@ -158,7 +147,7 @@ def test_local_accounts_one_time_codes_kick_and_idle(netns_factory, tmp_path):
         assert "groups: staff" in good.stdout and "until" in good.stdout, good.stdout
         assert site.reaches(site.c1, 22), "alice does not reach what her group is granted"
         # bob logs in from the official app's tunnel with a plain HTTP client.
-        answer = _http_login(site.c2, {"user": "bob", "password": "bob's password"})
+        answer = http_login(site.c2, {"user": "bob", "password": "bob's password"})
         assert answer.get("ok") and "staff" in answer.get("groups", []), answer
         assert site.reaches(site.c2, 22)
 

@@ -43,6 +43,9 @@ class InterfaceConfig:
     EXTENSION_KEYS: ClassVar[dict[str, str]] = {
         "killswitch": "KillSwitch",  # on/off; default on for full-tunnel configs
         "metricsaddress": "MetricsAddress",  # host:port of the Prometheus endpoint
+        # The UDP port binds to these addresses (one per family) instead of all of them; they
+        # need not be on an interface yet (a virtual IP that moves between gateways).
+        "listenaddress": "ListenAddress",
     }
 
     private_key: bytes = field(repr=False)

@@ -18,11 +18,12 @@ Rules kept here (see shared/PERFORMANCE.md for the measurements behind them):
 - what the kernel dropped at the UDP sockets (the socket filter, a full
   buffer) is read once a second (KERNEL_DROPS_INTERVAL) into the same drop
   counters, so `tunnel show` and the metrics see it;
-- every peer with a session gets a UDP socket of its own (Bind.pin, up to
-  PINNED_MAX), re-decided when a handshake completes, a peer roams or its
-  keys go (looking at the peers those events name and those with a
-  session, not at all 10,000 configured ones), and once a second (all of
-  them): an established session's datagrams then
+- every peer with a session (or one being renewed: a previous or next
+  keypair) gets a UDP socket of its own (Bind.pin, up to PINNED_MAX),
+  re-decided when a handshake completes, a peer roams or its keys go
+  (looking at the peers those events name and those with a session, not
+  at all 10,000 configured ones), and once a second (all of them): an
+  established session's datagrams then
   queue apart from whatever floods the listening port, and a turn serves
   them first (they are light), so garbage costs them neither buffer space
   nor waiting; in a turn where the TUN or a pinned socket had work, the
@@ -229,15 +230,15 @@ class DataPlane:
                 job[2](now)
 
     def repin(self, now: float) -> None:
-        """Sockets of their own for the peers that have a session now (and for no one else)."""
+        """Sockets of their own for the peers that have a session now, or are renewing one (and for no one else)."""
         full = now - self._pinned_at >= PIN_INTERVAL
         self._pins_dirty = False
         if full:
             self._pinned_at = now
-            self._live = {p: None for p in self.device.peers.values() if p.current is not None}
+            self._live = {p: None for p in self.device.peers.values() if _pinnable(p)}
         endpoints = []
         for peer in list(self._live):
-            if peer.removed or peer.current is None:
+            if peer.removed or not _pinnable(peer):
                 del self._live[peer]
             elif peer.endpoint is not None and len(endpoints) < PINNED_MAX:
                 endpoints.append(peer.endpoint)
@@ -316,6 +317,13 @@ class DataPlane:
         for _ in range(min(budget, len(self.handshakes))):
             data, source = self.handshakes.popleft()
             self.perform(receive(data, source, now, under_load), now)
+
+
+def _pinnable(peer) -> bool:
+    """A peer with a session, or one being renewed. A session set aside for a new handshake
+    (Peer.switch_endpoint, a standby's takeover) keeps the peer's socket: its answer may already wait
+    in that socket's queue, and closing the socket would drop it (a retry only REKEY_TIMEOUT later)."""
+    return peer.current is not None or peer.previous is not None or peer.next is not None
 
 
 def format_endpoint(endpoint) -> str:
