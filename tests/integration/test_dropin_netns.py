@@ -90,8 +90,12 @@ def pair(netns_factory, tmp_path):
 
 
 def flood_ping(ns: Netns, target: str, count: int = 10, size: int | None = None) -> None:
-    """`ping -f` (as root: one request per reply, or every 10 ms): every one answered."""
-    cmd = ["ping", "-c", str(count), "-f", "-W", "2", target] + (["-s", str(size)] if size else [])
+    """`ping -f` (as root: one request per reply, or every 10 ms): every one answered.
+
+    With -c alone ping waits for the last reply only twice the longest round trip it has seen
+    (under a millisecond here), so one reply late by a scheduling hiccup counted as lost; the
+    deadline (-w) makes it wait until all COUNT are answered or 10 s have passed."""
+    cmd = ["ping", "-c", str(count), "-f", "-w", "10", target] + (["-s", str(size)] if size else [])
     res = ns.run(cmd, check=False, timeout=60)
     assert res.returncode == 0 and f"{count} received" in res.stdout, f"{ns.name}: {res.stdout}{res.stderr}"
 
