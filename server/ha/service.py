@@ -196,12 +196,7 @@ class HaService:
         if self._pacer is not None:
             self._pacer.close()
         self._close_fifo()
-        if self._registry is not None:
-            try:
-                self._registry.close()
-            except RegistryError:
-                pass
-            self._registry = None
+        self._drop_registry()
 
     def _close_fifo(self) -> None:
         if self._fifo is not None:
@@ -350,6 +345,10 @@ class HaService:
             log.warning("%s: HA: %s; the state is kept here and written when it is back", self.ifname, exc)
         self._registry_failed = True
         self._retry_at = time.monotonic() + REGISTRY_RETRY
+        self._drop_registry()
+
+    def _drop_registry(self) -> None:
+        """Close the registry connection, if any, quietly (it is opened again when needed)."""
         if self._registry is not None:
             try:
                 self._registry.close()
