@@ -14,7 +14,7 @@ from .demo import run_demo
 @click.option("--seconds", default=3, show_default=True, help="Length of the throughput run.")
 @click.option("-v", "--verbose", count=True)
 def demo(seconds: int, verbose: int) -> None:
-    """Build two namespaces, bring a real tunnel up between them with our code, ping and measure."""
+    """A team server (embedded SQLite registry) and a client in two namespaces: provision, connect, ping, measure."""
     setup_logging(verbose)
     failure = run_demo(seconds=seconds, echo=click.echo)
     if failure:
