@@ -4,10 +4,12 @@ sessions file, and the CLI's one-line errors."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
 
+from server.access.control import AccessControl
 from server.access.sessionfile import SessionFile
 from server.access.settings import AuthSettings, AuthSettingsError, from_settings, parse_duration
 from server.access.stores import RegistryAccountStore, RegistryFailureStore
@@ -115,3 +117,35 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code == 0 and "10m idle" in res.output
     assert "login: local accounts" in runner.invoke(server, ["auth", "show", "--dir", str(tmp_path), "-i", "wg9"]).output
     time.sleep(0)
+
+
+class _Reconciler:
+    snapshot = None
+
+    def add_listener(self, fn) -> None:
+        pass
+
+
+def test_the_ticker_sleeps_without_login_and_wakes_for_actions_and_close(tmp_path):
+    """With no login configured the access thread has nothing to do on a clock: it must block
+    (it once spun, taking a core and starving the data plane of the GIL: 10 ms RTT)."""
+    control = AccessControl(lambda: None, _Reconciler(), gateway="gw", state_dir=str(tmp_path))
+    turns = []
+    handled = []
+    control._process_actions = lambda: turns.append(1)  # one per turn of the loop
+    control._handle_actions = handled.append
+    thread = threading.Thread(target=control._tick_loop, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.5)  # longer than TICK: a spinning loop would have turned thousands of times
+        assert turns == [], len(turns)
+        control._on_login_actions(["kick"])
+        deadline = time.monotonic() + 5
+        while not turns and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert len(turns) == 1  # woken once, for the action
+    finally:
+        control.close()
+        thread.join(5)
+    assert not thread.is_alive()  # close() wakes it

@@ -128,6 +128,7 @@ class AccessControl:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._ticker is not None:
             self._ticker.join(10)
         with self._lock:
@@ -305,6 +306,7 @@ class AccessControl:
             self._endpoint = None
         # Sessions this gateway held before a restart go on (their Grants re-admit them).
         self.login.resume()
+        self._wake.set()  # the ticker now runs on a clock
         log.info("%s: %s", self.ifname, auth.describe())
 
     def _stop_login(self, end_sessions: bool) -> None:
@@ -415,7 +417,8 @@ class AccessControl:
     def _tick_loop(self) -> None:
         last_touch = last_tick = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(max(0.0, TICK - (time.monotonic() - last_tick)))
+            # Without login nothing runs on a clock: sleep until woken (an action, login turned on, close).
+            self._wake.wait(None if self.login is None else max(0.0, TICK - (time.monotonic() - last_tick)))
             self._wake.clear()
             self._process_actions()
             service = self.login
