@@ -229,3 +229,29 @@ def test_set_persistent_keepalive_at_runtime():
     mark = len(net.log)
     net.advance(60)
     assert _keepalives(net, a, mark) == []
+
+
+def test_request_and_response_traffic_draws_no_randomness_per_packet():
+    """Each packet sent after one received re-arms the new-handshake timer with jitter; the jitter
+    comes from a PRNG seeded once, never from the device's rng (os.urandom: a system call each)."""
+    net, a, b = established_pair(seed=57)
+    calls = []
+    for node in (a, b):
+        rng = node.device.rng
+        node.device.rng = lambda n, rng=rng: calls.append(n) or rng(n)
+    t_before = a.peer_of(b).t_new_handshake
+    for _ in range(50):
+        a.ping(b)
+        b.ping(a)
+        net.advance(0.01)
+    pa = a.peer_of(b)
+    assert pa.t_new_handshake is None  # b's last packet cleared it
+    a.ping(b)
+    now = net.now
+    assert calls == []
+    assert len(a.written) == 50 and len(b.written) == 51
+    # Armed again by a's last send, with a jitter inside the whitepaper's bound.
+    base = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+    assert base <= pa.t_new_handshake < base + J and pa.t_new_handshake != t_before
+    values = [a.device.jitter() for _ in range(1000)]
+    assert all(0.0 <= v < 1.0 for v in values) and len(set(values)) > 990

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import random
 from typing import Callable, Iterable
 
 from . import transport
@@ -86,6 +87,9 @@ class Device:
         self.wall_epoch = wall_epoch
         self.mtu = mtu
         self.rng = rng
+        # Timer jitter in [0, 1): not a secret, so a PRNG seeded once from rng rather than a
+        # system call per data packet sent (request/response traffic re-arms the timer each time).
+        self.jitter: Callable[[], float] = random.Random(rng(16)).random
         # Our static key pair and the mac1/cookie keys derived from its public
         # half; all None while the device has no private key.
         self.identity: StaticIdentity | None = None

@@ -133,7 +133,7 @@ class Peer:
     # ------------------------------------------------------------------
 
     def _jitter(self) -> float:
-        return int.from_bytes(self.device.rng(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
+        return self.device.jitter() * REKEY_TIMEOUT_JITTER_MAX
 
     def _arm(self, name: str, when: float) -> None:
         setattr(self, name, when)
