@@ -90,12 +90,14 @@ def pair(netns_factory, tmp_path):
 
 
 def flood_ping(ns: Netns, target: str, count: int = 10, size: int | None = None) -> None:
-    """`ping -f` (as root: one request per reply, or every 10 ms): every one answered.
+    """COUNT pings 50 ms apart (as the selftest's `ping -f`, but slower): every one answered.
 
-    With -c alone ping waits for the last reply only twice the longest round trip it has seen
-    (under a millisecond here), so one reply late by a scheduling hiccup counted as lost; the
-    deadline (-w) makes it wait until all COUNT are answered or 10 s have passed."""
-    cmd = ["ping", "-c", str(count), "-f", "-w", "10", target] + (["-s", str(size)] if size else [])
+    Not `-f`: with -c, once it has replies, ping waits for the last one only max(twice the
+    longest RTT seen, the interval); flooding, that is under a millisecond, and one reply late
+    by a scheduling hiccup counted as lost (the daemons had delivered it). Not `-w` either: with
+    a deadline ping keeps sending until COUNT are answered, and the counters test needs exactly
+    COUNT. 50 ms between them leaves the last reply 50 ms."""
+    cmd = ["ping", "-c", str(count), "-i", "0.05", "-W", "2", target] + (["-s", str(size)] if size else [])
     res = ns.run(cmd, check=False, timeout=60)
     assert res.returncode == 0 and f"{count} received" in res.stdout, f"{ns.name}: {res.stdout}{res.stderr}"
 

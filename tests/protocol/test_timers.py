@@ -233,7 +233,7 @@ def test_set_persistent_keepalive_at_runtime():
 
 def test_request_and_response_traffic_draws_no_randomness_per_packet():
     """Each packet sent after one received re-arms the new-handshake timer with jitter; the jitter
-    comes from a PRNG seeded once, never from the device's rng (os.urandom: a system call each)."""
+    comes from a pool the device's rng (os.urandom: a system call) fills 256 values at a time."""
     net, a, b = established_pair(seed=57)
     calls = []
     for node in (a, b):
@@ -248,10 +248,10 @@ def test_request_and_response_traffic_draws_no_randomness_per_packet():
     assert pa.t_new_handshake is None  # b's last packet cleared it
     a.ping(b)
     now = net.now
-    assert calls == []
+    assert len(calls) <= 1, calls  # 101 sends: at most one refill of the device's jitter pool
     assert len(a.written) == 50 and len(b.written) == 51
     # Armed again by a's last send, with a jitter inside the whitepaper's bound.
     base = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
     assert base <= pa.t_new_handshake < base + J and pa.t_new_handshake != t_before
     values = [a.device.jitter() for _ in range(1000)]
-    assert all(0.0 <= v < 1.0 for v in values) and len(set(values)) > 990
+    assert all(0.0 <= v < 1.0 for v in values) and len(set(values)) > 950

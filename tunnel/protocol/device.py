@@ -27,7 +27,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import random
 from typing import Callable, Iterable
 
 from . import transport
@@ -63,6 +62,7 @@ from .peer import Peer
 from .ratelimiter import RateLimiter
 
 Rng = Callable[[int], bytes]
+JITTER_POOL = 512  # bytes: 256 jitter values per rng call
 
 
 def packet_destination(packet: bytes | memoryview) -> bytes | None:
@@ -87,9 +87,11 @@ class Device:
         self.wall_epoch = wall_epoch
         self.mtu = mtu
         self.rng = rng
-        # Timer jitter in [0, 1): not a secret, so a PRNG seeded once from rng rather than a
-        # system call per data packet sent (request/response traffic re-arms the timer each time).
-        self.jitter: Callable[[], float] = random.Random(rng(16)).random
+        # Timer jitter: drawn from rng JITTER_POOL bytes at a time, not once per data packet sent
+        # (request/response traffic re-arms the new-handshake timer on every send; os.urandom is
+        # a system call).
+        self._jitter_pool = rng(JITTER_POOL)
+        self._jitter_pos = 0
         # Our static key pair and the mac1/cookie keys derived from its public
         # half; all None while the device has no private key.
         self.identity: StaticIdentity | None = None
@@ -118,6 +120,15 @@ class Device:
     def private_key(self) -> bytes | None:
         """Our static private key as X25519 uses it (clamped, as wg shows it), or None."""
         return None if self.identity is None else clamp(self.identity.private.raw)
+
+    def jitter(self) -> float:
+        """A uniform value in [0, 1) for timer jitter (16 bits of rng)."""
+        pos = self._jitter_pos
+        if pos >= len(self._jitter_pool):
+            self._jitter_pool = self.rng(JITTER_POOL)
+            pos = 0
+        self._jitter_pos = pos + 2
+        return int.from_bytes(self._jitter_pool[pos:pos + 2], "little") / 65536
 
     def _take_identity(self, private_key: bytes | None) -> None:
         if private_key is None:
