@@ -1,6 +1,6 @@
 """The endpoint stores behind session resumption (no root): the private file and the registry's table.
 
-The file must survive a kill at any moment whole: a writer forked and
+The file must survive a kill at any moment whole: a writer started and
 SIGKILLed again and again mid-write leaves the old file or the new one,
 never a torn one, and the next load removes the temporary files it left.
 """
@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import random
-import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -29,6 +30,7 @@ from tunnel.endpointstore import (
 from tunnel.protocol.crypto import DH_GENERATE, DH_PUBKEY, encode_key
 
 NOW = 1_800_000_000.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _key() -> bytes:
@@ -126,28 +128,41 @@ def test_leftover_temporary_files_of_a_killed_writer_are_removed_at_load(tmp_pat
     assert not torn.exists() and other.exists()
 
 
+# The writer runs in an interpreter of its own: a fork of a test process with threads (pytest-xdist's)
+# may deadlock in the child on a lock some thread held at the fork, and then never write.
+_WRITER = r"""
+import sys
+from tunnel.endpointstore import FileEndpointStore, SeenEndpoint
+path, keyfile, now, base = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+keys = [bytes.fromhex(word) for word in open(keyfile).read().split()]
+store = FileEndpointStore(path, wall_clock=lambda: now)
+print("ready", flush=True)
+for n in range(1_000_000):  # whole generations, one after another, until killed
+    store.save([SeenEndpoint(k, ("192.0.2.1", 1 + i), base + n / 1000) for i, k in enumerate(keys)])
+"""
+
+
 def test_a_writer_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path):
     path = tmp_path / "wg0.endpoints.json"
     keys = [_key() for _ in range(2000)]  # ~200 KB a write: kills land mid-write
+    keyfile = tmp_path / "keys.txt"
+    keyfile.write_text(" ".join(k.hex() for k in keys))
     rng = random.Random(7)
     generations: set[float] = set()
     torn = 0  # kills that left a temporary file: they landed mid-write
     # Until kills have landed both mid-write and between writes often enough (a bound against a hang).
-    for run in range(400):
+    for run in range(200):
         if torn >= 3 and len(generations) >= 5:
             break
-        pid = os.fork()
-        if pid == 0:  # the writer: whole generations, one after another, until killed
-            try:
-                store = _store(path)
-                for n in range(1_000_000):
-                    gen = NOW - 1000 + run + n / 1000
-                    store.save([SeenEndpoint(k, ("192.0.2.1", 1 + i), gen) for i, k in enumerate(keys)])
-            finally:
-                os._exit(0)
-        time.sleep(rng.uniform(0.0, 0.1))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(keyfile), str(NOW),
+                                   str(NOW - 1000 + run)], cwd=ROOT, stdout=subprocess.PIPE)
+        try:
+            assert writer.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0.0, 0.1))
+        finally:
+            writer.kill()
+            writer.wait()
+            writer.stdout.close()
         torn += any(n.endswith(".tmp") for n in os.listdir(tmp_path))
         if not path.exists():
             continue  # killed before its first rename: no file yet is "the old file"
