@@ -154,6 +154,7 @@ class Reconciler:
         self.name = name
         self._listeners: list[Callable[[Snapshot, float], float | None]] = []
         self._wake_at: float | None = None  # the earliest time a listener asked to be called again
+        self._passed_at = float("-inf")  # the clock as the last pass saw it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._managed: set[bytes] = set()
@@ -259,6 +260,7 @@ class Reconciler:
 
     def _pass(self, snap: Snapshot) -> None:
         now = self._clock()
+        self._passed_at = now
         self.apply(snap, now)
         if self._publish is not None:
             try:
@@ -304,7 +306,9 @@ class Reconciler:
                     last_pass = time.monotonic()
                 snap = self.snapshot
                 now = self._clock()
-                due = _earliest(snap.next_expiry(now), self._wake_at)
+                # The next expiry after the last pass's look, not after now: one that passed during
+                # the pass (or since) is due at once, not at the next periodic pass.
+                due = _earliest(snap.next_expiry(self._passed_at), self._wake_at)
                 wait = MAX_WAIT if due is None else max(0.0, min(MAX_WAIT, due - now))
                 revision = self.registry.wait_for_change(snap.revision, wait)
                 if revision != snap.revision:

@@ -270,3 +270,23 @@ def test_postgres_down_keeps_serving_expires_on_time_and_catches_up():
             rec.close()
             plane.close()
             admin.close()
+
+
+def test_an_expiry_that_passes_during_a_pass_is_not_left_to_the_periodic_pass(running):
+    """The clock moves past a client's expiry between the pass that installed it and the
+    reconciler's look at what is due next: it is removed at once, not PERIOD (30 s) later."""
+    admin, device, rec, clock = running
+    original = rec._pass
+    moved = []
+
+    def pass_then_time_moves(snap):
+        original(snap)
+        if not moved and any(c.name == "temp" for c in snap.clients):
+            moved.append(True)
+            clock.now += 61
+
+    rec._pass = pass_then_time_moves
+    admin.add_client("staff", _key())
+    admin.add_client("temp", _key(), expires_at=clock.now + 60)
+    assert _wait(lambda: bool(moved), timeout=10.0)
+    assert _wait(lambda: _names(device) == ["staff"], timeout=10.0)  # well before PERIOD
