@@ -89,7 +89,7 @@ def pair(netns_factory, tmp_path):
 # -- traffic ---------------------------------------------------------------------------
 
 
-def flood_ping(ns: Netns, target: str, count: int = 10, size: int | None = None) -> None:
+def ping_every_one(ns: Netns, target: str, count: int = 10, size: int | None = None) -> None:
     """COUNT pings 50 ms apart (as the selftest's `ping -f`, but slower): every one answered.
 
     Not `-f`: with -c, once it has replies, ping waits for the last one only max(twice the
@@ -138,7 +138,7 @@ def test_counters_agree_after_a_known_ping_run(pair):
     assert int(pair.w1.show("latest-handshakes").split()[1]) > 0
     links = {w.ifname: link_stats(ns, w.ifname) for ns, w in ((pair.n1, pair.w1), (pair.n2, pair.w2))}
     wg = {w.ifname: w.transfer() for w in (pair.w1, pair.w2)}
-    flood_ping(pair.n2, ADDR1, count=10)
+    ping_every_one(pair.n2, ADDR1, count=10)
     # An 84-byte packet is padded to 96 and sealed with a 16-byte header and 16-byte tag: 128 bytes.
     for w, ns, peer in ((pair.w1, pair.n1, pair.pub2), (pair.w2, pair.n2, pair.pub1)):
         after = link_stats(ns, w.ifname)
@@ -157,9 +157,9 @@ def test_ping_and_iperf3_with_the_default_and_a_large_mtu(pair, outer):
         if mtu != 1420:
             pair.mtu(mtu)
         for ns, target in ((pair.n2, ADDR1), (pair.n1, ADDR2), (pair.n2, ADDR1_6), (pair.n1, ADDR2_6)):
-            flood_ping(ns, target)
+            ping_every_one(ns, target)
         if mtu == BIG_MTU:
-            flood_ping(pair.n1, ADDR2, count=3, size=mtu - 28)  # one unfragmented inner packet each
+            ping_every_one(pair.n1, ADDR2, count=3, size=mtu - 28)  # one unfragmented inner packet each
         tcp_and_udp(pair, ADDR2 if mtu == 1420 else ADDR2_6, ADDR1_6 if mtu == 1420 else ADDR1)
     endpoint = pair.w2.show("endpoints").split()[1]
     assert endpoint == ("127.0.0.1:1" if outer == "ipv4" else "[::1]:1")
@@ -173,13 +173,13 @@ def test_roaming_to_a_new_source_address_and_port(pair):
     pair.n0.ip("-4", "addr", "add", "127.212.121.99/8", "dev", "lo")
     pair.w1.set("listen-port", "9999")
     pair.w1.set("peer", pair.pub2, "endpoint", "127.0.0.1:2")
-    flood_ping(pair.n1, ADDR2_6, count=1)
+    ping_every_one(pair.n1, ADDR2_6, count=1)
     assert pair.w2.show("endpoints") == f"{pair.pub1}\t127.212.121.99:9999"
     assert pair.w1.show("listen-port") == "9999"
     # And over IPv6.
     pair.w1.set("listen-port", "9998")
     pair.w1.set("peer", pair.pub2, "endpoint", "[::1]:2")
-    flood_ping(pair.n1, ADDR2, count=1)
+    ping_every_one(pair.n1, ADDR2, count=1)
     assert pair.w2.show("endpoints") == f"{pair.pub1}\t[::1]:9998"
 
 
@@ -217,7 +217,7 @@ def test_cryptokey_routing_takes_a_more_specific_source_away(pair):
 def test_a_new_private_key_handshakes_at_once(pair):
     """Keys change on a session that has just handshaked: the next packet handshakes again with no wait."""
     pair.endpoints("127.0.0.1", "127.0.0.1")
-    flood_ping(pair.n1, ADDR2, count=1)
+    ping_every_one(pair.n1, ADDR2, count=1)
     key3 = genkey()[0]
     pub3 = pubkey(key3)
     pair.w1.set("private-key", keyfile(pair.workdir, key3))
@@ -256,13 +256,13 @@ def test_wireguard_inside_wireguard_and_a_routing_loop_it_survives(pair, tmp_pat
     w4.set("listen-port", "5", "private-key", keyfile(pair.workdir, key4), "peer", pub3,
            "allowed-ips", f"{ADDR1}/32,{ADDR1_6}/128", "endpoint", "[fd00::5:1]:5")
     wait_ping(pair.n1, ADDR2)
-    flood_ping(pair.n2, ADDR1_6)
+    ping_every_one(pair.n2, ADDR1_6)
     tcp_and_udp(pair, ADDR2, ADDR1_6)
 
     pair.n1.ip("link", "set", w3.ifname, "netns", pair.n0.name)
     pair.n0.addr(w3.ifname, f"{ADDR1}/24")
     pair.n0.link_up(w3.ifname)
-    flood_ping(pair.n0, ADDR2, count=1)
+    ping_every_one(pair.n0, ADDR2, count=1)
     pair.w1.set("peer", pair.pub2, "endpoint", f"{ADDR2}:7")
     pair.n2.ip("link", "del", w4.ifname)
     pair.n2.ip("link", "del", pair.w2.ifname)
@@ -297,7 +297,7 @@ def test_a_peer_endpoint_routed_through_its_own_tunnel_is_refused(pair):
     # Each ping was sealed once (128 bytes), never again.
     assert pair.w2.transfer()[pair.pub1][1] - sent == 3 * 128
     pair.w2.set("peer", pair.pub1, "endpoint", "127.0.0.1:1")
-    flood_ping(pair.n0, ADDR1, count=3)
+    ping_every_one(pair.n0, ADDR1, count=3)
 
 
 def test_the_daemon_ends_with_its_link(pair):
@@ -448,12 +448,12 @@ def test_behind_nat_with_persistent_keepalive_then_a_wg_quick_policy_route(netns
     w1, w2, pub1, pub2 = _peers_in(n1, n2, str(tmp_path))
 
     w1.set("peer", pub2, "endpoint", "10.0.0.100:2", "persistent-keepalive", "1")
-    flood_ping(n1, ADDR2, count=1)
-    flood_ping(n2, ADDR1, count=1)
+    ping_every_one(n1, ADDR2, count=1)
+    ping_every_one(n2, ADDR1, count=1)
     assert w2.show("endpoints") == f"{pub1}\t10.0.0.1:1"  # what the NAT made of w1's socket
     # Longer than the router remembers an idle UDP flow: w1's keepalives keep it, so w2 still gets through.
     time.sleep(3)
-    flood_ping(n2, ADDR1, count=1)
+    ping_every_one(n2, ADDR1, count=1)
     w1.set("peer", pub2, "persistent-keepalive", "0")
 
     # wg-quick's full tunnel, by hand: w1's own UDP is marked and leaves by the main table; the rest goes in.
@@ -468,8 +468,8 @@ def test_behind_nat_with_persistent_keepalive_then_a_wg_quick_policy_route(netns
         n1.run(["ip", family, "rule", "add", "not", "fwmark", "51820", "table", "51820"])
         n1.run(["ip", family, "rule", "add", "table", "main", "suppress_prefixlength", "0"])
     n1.sysctl("net.ipv4.conf.n1-r.rp_filter", 0)
-    flood_ping(n1, "192.168.99.7", count=100)
-    flood_ping(n1, "abab::1111", count=100)
+    ping_every_one(n1, "192.168.99.7", count=100)
+    ping_every_one(n1, "abab::1111", count=100)
 
 
 def test_the_source_address_falls_over_when_it_is_removed(netns_factory, tmp_path):
@@ -493,15 +493,15 @@ def test_the_source_address_falls_over_when_it_is_removed(netns_factory, tmp_pat
     w1, w2, pub1, pub2 = _peers_in(n1, n2, str(tmp_path))
 
     w1.set("peer", pub2, "endpoint", "10.0.0.2:2")
-    flood_ping(n1, ADDR2, count=1)
+    ping_every_one(n1, ADDR2, count=1)
     n1.ip("addr", "add", "10.0.0.10/24", "dev", "n1-n2")
     n1.ip("addr", "del", "10.0.0.1/24", "dev", "n1-n2")
-    flood_ping(n1, ADDR2, count=1)
+    ping_every_one(n1, ADDR2, count=1)
     assert w2.show("endpoints") == f"{pub1}\t10.0.0.10:1"
 
     w1.set("peer", pub2, "endpoint", "[fd00:aa::2]:2")
-    flood_ping(n1, ADDR2, count=1)
+    ping_every_one(n1, ADDR2, count=1)
     n1.ip("addr", "add", "fd00:aa::10/96", "dev", "n1-n2", "nodad")
     n1.ip("addr", "del", "fd00:aa::1/96", "dev", "n1-n2")
-    flood_ping(n1, ADDR2, count=1)
+    ping_every_one(n1, ADDR2, count=1)
     assert w2.show("endpoints") == f"{pub1}\t[fd00:aa::10]:1"
