@@ -12,7 +12,7 @@ import pytest
 
 from tunnel import checksum
 from tunnel.offload import (
-    F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, TCP_ACK, TCP_CWR, TCP_FIN, TCP_PSH, TCP_SYN, VNET_HDR_LEN, Coalescer,
+    F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, TCP_ACK, TCP_CWR, TCP_FIN, TCP_PSH, TCP_SYN, VNET_HDR_LEN, Coalescer,
     OffloadError, Splitter, pack_vnet, parse_vnet, segment,
 )
 
@@ -385,3 +385,89 @@ def test_coalesce_many_flows_beyond_limit_pass_through():
     c, outs = coalesce(pkts, max_flows=2)
     assert c.super_packets == 2
     assert sorted(stream(resplit(outs))) == sorted(stream(pkts))
+
+
+# -- UDP datagrams merged into USO super-packets ----------------------------
+
+def udp_packets(v6, sizes, first_ident=100, sport=1111, dport=2222, **ipkw):
+    """Datagrams of one flow as a peer's kernel sends them: complete checksums, IPv4 IDs counting up."""
+    rng = random.Random(len(sizes))
+    out = []
+    for i, size in enumerate(sizes):
+        src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+        seg = udp_dgram(src, dst, rng.randbytes(size), sport=sport, dport=dport)
+        out.append(ip6(17, seg, **ipkw) if v6 else ip4(17, seg, ident=first_ident + i, **ipkw))
+    return out
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("verify", [False, True])
+def test_coalesce_udp_then_split_gives_back_the_datagrams(v6, verify):
+    packets = udp_packets(v6, [1200] * 10 + [300])
+    c, outs = coalesce(packets, uso=True, verify=verify)
+    assert len(outs) == 1
+    flags, gso, hdr_len, gso_size, start, off = parse_vnet(outs[0])
+    l3 = 40 if v6 else 20
+    assert (flags, gso, hdr_len, gso_size, start, off) == (F_NEEDS_CSUM, GSO_UDP_L4, l3 + 8, 1200, l3, 6)
+    pkt = outs[0][VNET_HDR_LEN:]
+    _, src, dst, _ = check_ip(pkt)
+    ulen = len(pkt) - l3
+    assert struct.unpack_from(">H", pkt, l3 + 4)[0] == ulen == 8 + 12300
+    # The checksum field holds the folded pseudo-header sum over the whole train, as the kernel's USO wants it.
+    assert struct.unpack_from(">H", pkt, l3 + 6)[0] % 0xFFFF == ref_sum(pseudo(src, dst, 17, ulen)) % 0xFFFF
+    assert resplit(outs) == packets
+    assert (c.super_packets, c.merged_packets) == (1, 11)
+
+
+def test_coalesce_udp_only_with_uso():
+    packets = udp_packets(False, [1200] * 4)
+    _, outs = coalesce(packets)
+    assert outs == [bytes(VNET_HDR_LEN) + p for p in packets]
+
+
+def test_coalesce_udp_bounds_and_edges():
+    # At most UDP_MAX_SEGMENTS a super-packet, and never past 65535 bytes.
+    packets = udp_packets(False, [1000] * 70)
+    c, outs = coalesce(packets, uso=True)
+    assert [parse_vnet(o)[1] for o in outs] == [GSO_UDP_L4, GSO_UDP_L4]
+    assert resplit(outs) == packets
+    big = udp_packets(True, [8000] * 9)
+    c, outs = coalesce(big, uso=True)
+    assert all(len(o) - VNET_HDR_LEN <= 65535 + 40 for o in outs) and len(outs) == 2
+    assert resplit(outs) == big
+    # A larger datagram starts a new train; a smaller one ends one.
+    packets = udp_packets(False, [500, 500, 900, 900, 100, 900])
+    c, outs = coalesce(packets, uso=True)
+    assert [len(split_all(o)) for o in outs] == [2, 3, 1]
+    assert resplit(outs) == packets
+
+
+def test_coalesce_udp_does_not_merge_what_the_kernel_would_not():
+    a = udp_packets(False, [600] * 3)
+    # Other ports, another TTL, TCP on the same addresses and ports: flows of their own, order kept in each.
+    other = udp_packets(False, [600] * 2, first_ident=7, sport=9999)
+    ttl = udp_packets(False, [600], first_ident=103, ttl=3)
+    tcp = [tcp_packet(False, 0, bytes(600), sport=1111, dport=2222)]
+    c, outs = coalesce([a[0], other[0], a[1], tcp[0], other[1], a[2], ttl[0]], uso=True)
+    got = resplit(outs)
+    assert [p for p in got if p in a] == a and [p for p in got if p in other] == other
+    assert sorted(got) == sorted(a + other + ttl + tcp)
+    assert c.super_packets == 2  # a (3) and other (2)
+    # A zero UDP checksum (IPv4: none), a length that disagrees with IP, a fragment: passed, in order.
+    zero = bytearray(udp_packets(False, [600], first_ident=103)[0])
+    struct.pack_into(">H", zero, 26, 0)
+    bad_len = bytearray(udp_packets(False, [600], first_ident=104)[0])
+    struct.pack_into(">H", bad_len, 24, 500)
+    c, outs = coalesce(a + [bytes(zero), bytes(bad_len)], uso=True)
+    assert [parse_vnet(o)[1] for o in outs] == [GSO_UDP_L4, GSO_NONE, GSO_NONE]
+    assert resplit(outs) == a + [bytes(zero), bytes(bad_len)]
+
+
+def test_coalesce_udp_bad_checksum_is_not_merged_when_verifying():
+    packets = [bytearray(p) for p in udp_packets(True, [700] * 3)]
+    packets[1][-1] ^= 0xFF
+    packets = [bytes(p) for p in packets]
+    c, outs = coalesce(packets, uso=True, verify=True)
+    assert c.bad_checksums == 1 and c.super_packets == 0
+    assert [parse_vnet(o)[0] for o in outs] == [F_DATA_VALID, 0, F_DATA_VALID]
+    assert resplit(outs) == packets

@@ -113,6 +113,11 @@ class Tun:
                     raise TunError(e.errno, f"TUNSETOFFLOAD failed: {e.strerror}") from None
         raise TunError(errno.EINVAL, "TUNSETOFFLOAD refused TCP offloads")
 
+    @property
+    def uso(self) -> bool:
+        """UDP super-packets (gso_type UDP_L4) may be written: the kernel took TUN_F_USO4 and 6."""
+        return self.offloads & (TUN_F_USO4 | TUN_F_USO6) == TUN_F_USO4 | TUN_F_USO6
+
     def read_into(self, buf) -> int:
         """Reads one packet (vnet header included) into buf; returns its
         length. Raises BlockingIOError when nothing is queued."""

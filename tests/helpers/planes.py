@@ -40,7 +40,7 @@ class Side:
     """One end: its Device, MemoryTun, MemoryBind and DataPlane."""
 
     def __init__(self, name: str, index: int, net: MemoryNet, clock: Clock, seed, vnet: bool = True,
-                 mtu: int = 1420, gro: bool = True, filter: bool = True):
+                 mtu: int = 1420, gro: bool = True, filter: bool = True, uso: bool = False):
         self.name = name
         rng = random.Random(f"{seed}-{name}").randbytes
         # As a daemon does: the wall clock sampled once at start (the loop keeps it current).
@@ -48,7 +48,7 @@ class Side:
         self.endpoint = (f"192.0.2.{index}", 51820)
         self.address4 = f"10.0.0.{index}"
         self.address6 = f"fd00::{index:x}"
-        self.tun = MemoryTun(vnet_hdr=vnet)
+        self.tun = MemoryTun(vnet_hdr=vnet, uso=uso)
         self.bind: MemoryBind = net.bind(*self.endpoint, gro=gro, filter=filter)
         self.events: list = []
         self.plane = DataPlane(self.device, self.tun, self.bind, clock=clock, wall_clock=clock.wall,
@@ -91,11 +91,11 @@ class Side:
 
 class PlanePair:
     def __init__(self, seed=0, vnet: bool = True, mtu: int = 1420, gro: bool = True, psk: bytes | None = None,
-                 endpoint_b: bool = False, keepalive_a: int = 0, filter: bool = True):
+                 endpoint_b: bool = False, keepalive_a: int = 0, filter: bool = True, uso: bool = False):
         self.net = MemoryNet()
         self.clock = Clock()
-        self.a = Side("a", 1, self.net, self.clock, seed, vnet, mtu, gro, filter)
-        self.b = Side("b", 2, self.net, self.clock, seed, vnet, mtu, gro, filter)
+        self.a = Side("a", 1, self.net, self.clock, seed, vnet, mtu, gro, filter, uso)
+        self.b = Side("b", 2, self.net, self.clock, seed, vnet, mtu, gro, filter, uso)
         a, b = self.a, self.b
         a.device.add_peer(b.device.public_key, preshared_key=psk,
                           allowed_ips=[f"{b.address4}/32", f"{b.address6}/128"], endpoint=b.endpoint,

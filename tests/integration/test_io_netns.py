@@ -35,9 +35,9 @@ import threading
 
 import pytest
 
-from tests.helpers.packets import check_l4
+from tests.helpers.packets import check_l4, ip4, ip6, udp_dgram
 from tunnel import udp
-from tunnel.offload import GSO_NONE, GSO_TCPV4, GSO_TCPV6, Coalescer, Splitter, parse_vnet
+from tunnel.offload import GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, Coalescer, Splitter, parse_vnet
 from tunnel.tun import READ_BUFFER_SIZE, TUN_F_TSO4, TUN_F_TSO6, Tun
 
 PREFIX = "io"
@@ -254,6 +254,38 @@ def test_malformed_vnet_header_is_refused_by_the_kernel(tun_pair):
     with pytest.raises(OSError) as e:
         ta.write(bad)
     assert e.value.errno == errno.EINVAL
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_udp_super_packets_are_cut_back_into_the_datagrams_by_the_kernel(tun_pair, v6):
+    """What the receiving data plane writes for a UDP stream when the TUN takes USO (Linux 6.2+)."""
+    a, b, ta, tb = tun_pair()
+    assert tb.uso, "this kernel's TUN refused USO (Linux 6.2+ has it)"
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    here, there = ("fd96::2", "fd96::1") if v6 else ("10.96.0.2", "10.96.0.1")
+    with b.entered():
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((here, 5004))
+    sock.settimeout(5)
+    src, dst = socket.inet_pton(family, there), socket.inet_pton(family, here)
+    rng = random.Random(9)
+    payloads = [rng.randbytes(1200) for _ in range(30)] + [rng.randbytes(333)]
+    datagrams = []
+    for i, payload in enumerate(payloads):
+        seg = udp_dgram(src, dst, payload, sport=4444, dport=5004)
+        datagrams.append(ip6(17, seg, src=src, dst=dst) if v6 else ip4(17, seg, ident=i, src=src, dst=dst))
+    co = Coalescer(verify=True, uso=True)
+    for d in datagrams:
+        co.add(memoryview(d))
+    writes = co.flush()
+    assert [parse_vnet(w)[1] for w in writes] == [GSO_UDP_L4]
+    with sock:
+        for w in writes:
+            tb.write(w)
+        got = [sock.recvfrom(2048) for _ in payloads]
+    assert [g[0] for g in got] == payloads
+    assert {g[1][:2] for g in got} == {(there, 4444)}
 
 
 # -- UDP ------------------------------------------------------------------

@@ -65,8 +65,9 @@ class _Readable:
 class MemoryTun:
     """A TUN device in memory: `inject` what the kernel would give, read `written`."""
 
-    def __init__(self, vnet_hdr: bool = True):
+    def __init__(self, vnet_hdr: bool = True, uso: bool = False):
         self.vnet_hdr = vnet_hdr
+        self.uso = uso and vnet_hdr
         self.inbox: collections.deque[bytes] = collections.deque()
         self.written: list[bytes] = []
         self._ready = _Readable()
@@ -109,6 +110,8 @@ class MemoryTun:
             if gso_type & 0x7F not in (GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4) or (
                     gso_type != GSO_NONE and gso_size == 0):
                 raise OSError(errno.EINVAL, "bad vnet header")
+            if gso_type & 0x7F == GSO_UDP_L4 and not self.uso:
+                raise OSError(errno.EINVAL, "UDP super-packet to a TUN without USO")
         self.written.append(data)
         return len(data)
 

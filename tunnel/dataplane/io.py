@@ -30,6 +30,7 @@ class TunDevice(Protocol):
 
     fd: int  # watched by the loop's epoll for readability
     vnet_hdr: bool  # packets carry the 10-byte virtio_net_hdr both ways
+    uso: bool  # writes may be UDP super-packets (gso_type UDP_L4): the kernel took TUN_F_USO4/6
 
     def read_into(self, buf) -> int:
         """One packet (or super-packet) into buf; its length. BlockingIOError when none."""

@@ -95,6 +95,7 @@ class DataPlane:
         self.handshakes: collections.deque = collections.deque()
         self._under_load_until = 0.0
         self._stop = False
+        self._sleep = 1.0  # what the last turn said `run` may sleep
         self.tun_gone = False
         self._periodic: list[list] = []  # [interval, next due, fn]
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -162,9 +163,11 @@ class DataPlane:
 
     def timeout(self) -> float:
         """How long the loop may sleep now (seconds)."""
+        return self._timeout(self.device.next_deadline())
+
+    def _timeout(self, deadline: float | None) -> float:
         if self.handshakes or self._calls:
             return 0.0
-        deadline = self.device.next_deadline()
         if deadline is None:
             return 1.0
         return max(0.0, min(1.0, deadline - self.clock()))
@@ -174,9 +177,12 @@ class DataPlane:
         try:
             for fd in (self.tun.fd, *self.bind.fds(), self._wake_r, *self.extra_fds):
                 ep.register(fd, select.EPOLLIN)
+            sleep = self.timeout()
             while not self._stop:
-                events = ep.poll(self.timeout())
-                self.service([fd for fd, _ in events], self.clock())
+                events = ep.poll(sleep)
+                # One descriptor is the common case (a lone packet): no comprehension for it.
+                self.service([events[0][0]] if len(events) == 1 else [fd for fd, _ in events], self.clock())
+                sleep = self._sleep
         finally:
             self._epoll = None
             ep.close()
@@ -217,17 +223,23 @@ class DataPlane:
             self._calls.popleft()()
         if self.handshakes:
             self.process_handshakes(self.clock())
-        deadline = self.device.next_deadline()
+        device = self.device
+        deadline = device.next_deadline()
         if deadline is not None and deadline <= now:
-            self.perform(self.device.tick(now), now)
+            self.perform(device.tick(now), now)
+            deadline = None
         if now - self._kernel_drops_at >= KERNEL_DROPS_INTERVAL:
             self.count_kernel_drops(now)
+            deadline = None
         if self._pins_dirty or now - self._pinned_at >= PIN_INTERVAL:
             self.repin(now)
         for job in self._periodic:
             if now >= job[1]:
                 job[1] = now + job[0]
                 job[2](now)
+                deadline = None
+        # How long `run` sleeps next: the deadline looked up above, unless timers may have moved since.
+        self._sleep = self._timeout(device.next_deadline() if deadline is None else deadline)
 
     def repin(self, now: float) -> None:
         """Sockets of their own for the peers that have a session now, or are renewing one (and for no one else)."""

@@ -6,7 +6,8 @@ Rules kept here:
   on its own, so a coalesced train is never trusted as a whole;
 - each authenticated packet goes straight into the Coalescer (or to the TUN
   without the vnet header), which merges TCP segments for one TUN write per
-  ~40 packets; its output is written once per turn;
+  ~40 packets, and UDP datagrams of one flow when the TUN takes USO; its
+  output is written once per turn;
 - handshake messages come back from the core only when their type and size
   are exactly a handshake's, and go to the loop's queue;
 - work per turn is bounded: these bytes (about 4 GRO trains) or this many
@@ -43,7 +44,8 @@ class Receiver:
         self.queue_handshake = queue_handshake
         self.counters = device.counters
         self.vnet = tun.vnet_hdr
-        self.coalescer = Coalescer(verify=False)
+        # UDP datagrams merge too when the TUN takes UDP super-packets (USO, Linux 6.2+).
+        self.coalescer = Coalescer(verify=False, uso=self.vnet and getattr(tun, "uso", False))
         self.ubuf = bytearray(RECV_BUFFER_SIZE + 4096)
         self.uview = memoryview(self.ubuf)
         self.pview = memoryview(bytearray(RECV_BUFFER_SIZE))

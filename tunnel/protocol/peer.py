@@ -142,13 +142,12 @@ class Peer:
             self.device._schedule(self, when)
 
     def next_deadline(self) -> float | None:
-        ds = [
-            d for d in (
-                self.t_retransmit_handshake, self.t_send_keepalive, self.t_new_handshake,
-                self.t_zero_key_material, self.t_persistent_keepalive,
-            ) if d is not None
-        ]
-        return min(ds) if ds else None
+        best = self.t_retransmit_handshake
+        for d in (self.t_send_keepalive, self.t_new_handshake, self.t_zero_key_material,
+                  self.t_persistent_keepalive):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     # the kernel's wg_timers_* events
     def _timers_data_sent(self, now: float) -> None:
