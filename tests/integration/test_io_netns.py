@@ -288,6 +288,34 @@ def test_udp_super_packets_are_cut_back_into_the_datagrams_by_the_kernel(tun_pai
     assert {g[1][:2] for g in got} == {(there, 4444)}
 
 
+@pytest.mark.netns
+def test_udp_super_packets_are_forwarded_and_masqueraded_as_datagrams(tun_pair):
+    """A gateway: what the TUN takes as UDP super-packets leaves by another link, NATed, as the datagrams."""
+    a, b, ta, tb = tun_pair()
+    c = b.topo.netns("c")
+    out, _ = b.link_veth(c, "10.98.0.1/24", "10.98.0.2/24")
+    b.enable_forwarding()
+    b.run(["nft", "-f", "-"], input=f"""table ip {PREFIX}nat {{
+        chain post {{ type nat hook postrouting priority srcnat; oifname "{out}" masquerade; }}
+    }}""")
+    with c.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("10.98.0.2", 5005))
+    sock.settimeout(5)
+    src, dst = socket.inet_aton("10.96.0.1"), socket.inet_aton("10.98.0.2")
+    payloads = [bytes([i]) * 1000 for i in range(20)]
+    co = Coalescer(verify=True, uso=True)
+    for i, payload in enumerate(payloads):
+        co.add(memoryview(ip4(17, udp_dgram(src, dst, payload, sport=4444, dport=5005), ident=i, src=src, dst=dst)))
+    writes = co.flush()
+    assert [parse_vnet(w)[1] for w in writes] == [GSO_UDP_L4]
+    with sock:
+        tb.write(writes[0])
+        got = [sock.recvfrom(2048) for _ in payloads]
+    assert [g[0] for g in got] == payloads
+    assert {g[1][0] for g in got} == {"10.98.0.1"}
+
+
 # -- UDP ------------------------------------------------------------------
 
 @pytest.fixture
