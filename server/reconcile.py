@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from server.registry import Registry, RegistryError, RegistryUnavailable, Snapshot
+from tunnel import memory
 from tunnel.protocol.constants import KEY_LEN
 from tunnel.protocol.allowedips import prefix_set
 from tunnel.protocol.crypto import decode_key
@@ -304,6 +305,9 @@ class Reconciler:
                     failures = 0
                     self._pass(self.snapshot)
                     last_pass = time.monotonic()
+                    # A full pass builds and drops a copy of every client (rows, peers, policy text):
+                    # hand the freed heap back, or the idle server's RSS stays at that peak.
+                    memory.give_back()
                 snap = self.snapshot
                 now = self._clock()
                 # The next expiry after the last pass's look, not after now: one that passed during

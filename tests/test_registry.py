@@ -340,3 +340,16 @@ def test_addresses_are_allocated_from_the_pools_hosts_as_ipaddress_lists_them(po
     else:
         assert first == int(next(iter(net.hosts())))
         assert last == int(net.broadcast_address)
+
+
+def test_a_new_snapshot_shares_the_strings_of_the_one_still_held(reg):
+    """A server holds one snapshot (its peers, its policy) while it reads the next: the clients' names,
+    keys and addresses are the same objects in both, not a second copy of each for a while."""
+    reg.add_client("alice", _key(), preshared_key=_key())
+    first = reg.snapshot()
+    reg.add_client("bob", _key())
+    second = reg.snapshot()
+    a1, a2 = first.client("alice"), second.client("alice")
+    assert a1 is not a2 and a1 == a2
+    for field_name in ("name", "public_key", "preshared_key", "ipv4", "ipv6"):
+        assert getattr(a1, field_name) is getattr(a2, field_name), field_name

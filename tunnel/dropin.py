@@ -42,7 +42,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import control, droplog, linkwatch, sdnotify, uapi
+from . import control, droplog, linkwatch, memory, sdnotify, uapi
 from .dataplane import DataPlane, log_event
 from .protocol import Device
 from .protocol.constants import DEFAULT_MTU
@@ -92,6 +92,7 @@ class DropIn:
                 old[sig] = signal.signal(sig, lambda s, f: self.plane.stop())
             summary = droplog.DropSummary(self.name, self.plane.stats)
             sdnotify.notify(f"READY=1\nSTATUS={self.name} up")
+            memory.give_back()  # what only the bring-up needed: RSS from here on is the idle daemon's
             self.plane.run()
             if self.plane.tun_gone:
                 log.info("%s: the interface was deleted; exiting", self.name)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import hooks, metrics, netconfig, role, sdnotify
+from . import hooks, memory, metrics, netconfig, role, sdnotify
 from .config import MTU_MIN_IPV6, Config
 from .dataplane import DataPlane, log_event
 from .failover import Failover, resolve_endpoints
@@ -280,6 +280,7 @@ class Interface:
                 self.options.on_ready(self)
             # Type=notify: the interface, its routes and the control socket exist now.
             sdnotify.notify(f"READY=1\nSTATUS={self.name} up")
+            memory.give_back()  # what only the bring-up needed: RSS from here on is the idle daemon's
             self.plane.run()
             if self.plane.tun_gone:
                 log.warning("%s: the interface was deleted from outside", self.name)

@@ -27,6 +27,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -170,8 +171,11 @@ class AccessControl:
             else:
                 groups = live.get(c.name)
                 clients.append(ClientRef(c.name, c.addresses, frozenset(groups or ()), admitted=groups is not None))
-        key = (text, tuple((r.name, r.addresses, tuple(sorted(r.groups)), r.admitted) for r in clients),
-               auth.port if auth else None, tuple(snap.settings.dns), snap.settings.client_to_client)
+        # What was applied, kept as a digest: the tuple itself is ~200 bytes a client, for as long as it runs.
+        key = hashlib.blake2b(repr((
+            text, tuple((r.name, r.addresses, tuple(sorted(r.groups)), r.admitted) for r in clients),
+            auth.port if auth else None, tuple(snap.settings.dns), snap.settings.client_to_client,
+        )).encode()).digest()
         if key == self._applied_key:
             return
         if self._apply_policy(text, clients, snap, auth):

@@ -22,6 +22,10 @@ from .model import GROUP_PREFIX_LEN, Policy, Source, Target
 from .targets import GROUP_PREFIX, IPNetwork
 
 
+_GROUP_SETS: dict[frozenset, frozenset] = {}
+_GROUP_SETS_MAX = 4096
+
+
 @dataclass(frozen=True)
 class ClientRef:
     """One client as the registry knows it.
@@ -38,8 +42,11 @@ class ClientRef:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "addresses", tuple(self.addresses))
-        object.__setattr__(self, "groups", frozenset(
-            g[GROUP_PREFIX_LEN:] if g.startswith(GROUP_PREFIX) else g for g in self.groups))
+        groups = frozenset(g[GROUP_PREFIX_LEN:] if g.startswith(GROUP_PREFIX) else g for g in self.groups)
+        # Clients share a few sets of groups: one object each (an empty frozenset alone is 216 bytes).
+        if len(_GROUP_SETS) >= _GROUP_SETS_MAX:
+            _GROUP_SETS.clear()
+        object.__setattr__(self, "groups", _GROUP_SETS.setdefault(groups, groups))
 
     @cached_property
     def networks(self) -> tuple[IPNetwork, ...]:

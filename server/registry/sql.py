@@ -23,6 +23,7 @@ import ipaddress
 import json
 import secrets
 import socket
+import sys
 import threading
 import time
 from typing import Any, Iterable, Iterator
@@ -47,6 +48,10 @@ from tunnel.protocol.crypto import DH_PUBKEY, decode_key, encode_key
 
 FAILURE_MEMORY = 86400.0  # login failures older than this are pruned
 
+
+
+def _intern(value):
+    return sys.intern(value) if type(value) is str else value
 
 class Tx:
     """A cursor in one transaction: all(), one(), run()."""
@@ -207,8 +212,10 @@ class SqlRegistry(Registry):
         for client, grp in tx.all(f"SELECT client, grp FROM client_groups {gwhere} ORDER BY grp", params):
             groups.setdefault(client, []).append(grp)
         # Most clients have no options: "{}" needs no JSON parser (10,000 a snapshot).
-        return [Client(name=r[0], public_key=r[1], preshared_key=r[2], private_key=r[3], ipv4=r[4], ipv6=r[5],
-                       created=r[6], expires_at=r[7], disabled=bool(r[8]),
+        # Interned: a new snapshot shares its strings with the one still held (the peers, the policy),
+        # instead of a second copy of every client's name, keys and addresses while both live.
+        return [Client(name=_intern(r[0]), public_key=_intern(r[1]), preshared_key=_intern(r[2]), private_key=r[3],
+                       ipv4=_intern(r[4]), ipv6=_intern(r[5]), created=r[6], expires_at=r[7], disabled=bool(r[8]),
                        options={} if r[9] in (None, "", "{}") else json.loads(r[9]),
                        groups=tuple(groups.get(r[0], ())))
                 for r in rows]

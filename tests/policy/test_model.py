@@ -129,3 +129,13 @@ def test_refusals_name_the_line_and_the_problem(text, line, message):
 ])
 def test_rates_in_tc_units(text, bits):
     assert parse_rate(text, "rate") == bits
+
+
+def test_clients_with_the_same_groups_share_one_set():
+    from server.policy.clients import ClientRef
+
+    a = ClientRef("a", ["10.8.0.2"], frozenset({"eng", "group:ops"}))
+    b = ClientRef("b", ["10.8.0.3"], ["ops", "eng"])
+    c = ClientRef("c", ["10.8.0.4"])
+    assert a.groups == frozenset({"eng", "ops"}) and a.groups is b.groups
+    assert c.groups == frozenset() and c.groups is ClientRef("d", ["10.8.0.5"]).groups
