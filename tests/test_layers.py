@@ -35,7 +35,7 @@ PACKAGES = ("tunnel", "client", "server", "tunnel_lab")
 # does no I/O and reads no clock (sans-I/O: bytes and `now` in, actions out).
 PROTOCOL_MAY_IMPORT = {
     "__future__", "base64", "binascii", "collections", "dataclasses", "hashlib", "heapq", "hmac",
-    "ipaddress", "itertools", "math", "os", "struct", "typing",
+    "ipaddress", "itertools", "math", "os", "struct", "typing", "functools", "operator",
 }
 PROTOCOL_MAY_IMPORT_PACKAGES = ("cryptography",)
 PROTOCOL_OS_ATTRIBUTES = {"urandom"}

@@ -106,6 +106,7 @@ class DataPlane:
         self._kernel_drops_at = clock()
         self._pins_dirty = False
         self._pinned_at = clock()
+        self._chores_at = min(self._kernel_drops_at + KERNEL_DROPS_INTERVAL, self._pinned_at + PIN_INTERVAL)
         # The peers that had a session at the last full look, and those a handshake,
         # roaming or key event named since: what a re-pin between full looks considers.
         self._live: dict = {}
@@ -146,7 +147,9 @@ class DataPlane:
 
     def every(self, interval: float, fn: Callable[[float], None]) -> None:
         """Call fn(now) in the loop's thread about every `interval` seconds (at most 1 s late)."""
-        self._periodic.append([interval, self.clock() + interval, fn])
+        due = self.clock() + interval
+        self._periodic.append([interval, due, fn])
+        self._chores_at = min(self._chores_at, due)
 
     def rebind(self, port: int) -> int:
         """Listen on PORT from now on (0: any free one) and return it; OSError changes nothing."""
@@ -228,18 +231,24 @@ class DataPlane:
         if deadline is not None and deadline <= now:
             self.perform(device.tick(now), now)
             deadline = None
+        if self._pins_dirty or now >= self._chores_at:
+            self._chores(now)
+            deadline = None
+        # How long `run` sleeps next: the deadline looked up above, unless timers may have moved since.
+        self._sleep = self._timeout(device.next_deadline() if deadline is None else deadline)
+
+    def _chores(self, now: float) -> None:
+        """What is due about once a second (one comparison a turn says when: `_chores_at`)."""
         if now - self._kernel_drops_at >= KERNEL_DROPS_INTERVAL:
             self.count_kernel_drops(now)
-            deadline = None
         if self._pins_dirty or now - self._pinned_at >= PIN_INTERVAL:
             self.repin(now)
         for job in self._periodic:
             if now >= job[1]:
                 job[1] = now + job[0]
                 job[2](now)
-                deadline = None
-        # How long `run` sleeps next: the deadline looked up above, unless timers may have moved since.
-        self._sleep = self._timeout(device.next_deadline() if deadline is None else deadline)
+        self._chores_at = min(self._kernel_drops_at + KERNEL_DROPS_INTERVAL, self._pinned_at + PIN_INTERVAL,
+                              *(job[1] for job in self._periodic))
 
     def repin(self, now: float) -> None:
         """Sockets of their own for the peers that have a session now, or are renewing one (and for no one else)."""

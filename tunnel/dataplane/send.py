@@ -75,10 +75,12 @@ class Sender:
         self.rview = memoryview(self.rbuf)
         self.train = _Train()
         self._plain = 0  # length of the plain packet in rbuf (no vnet header)
+        self._plain_at = 0  # where it starts in rbuf
 
     def _write_plain(self, i: int, out, pos: int) -> int:
         n = self._plain
-        out[pos:pos + n] = self.rview[:n]
+        at = self._plain_at
+        out[pos:pos + n] = self.rview[at:at + n]
         return n
 
     def from_tun(self, now: float) -> int:
@@ -110,7 +112,14 @@ class Sender:
                     raise TunGone() from None
                 raise
             budget -= n
-            if vnet:
+            if vnet and not (rbuf[0] or rbuf[1]) and n >= VNET_HDR_LEN + 20:
+                # A plain packet with nothing for us to do (no GSO, no checksum to finish: a ping, a
+                # DNS query): copied as it is, without the splitter.
+                count = 1
+                self._plain_at = ip = VNET_HDR_LEN
+                self._plain = largest = n - VNET_HDR_LEN
+                write = self._write_plain
+            elif vnet:
                 try:
                     count = splitter.load(rbuf, 0, n)
                 except OffloadError:
@@ -121,9 +130,9 @@ class Sender:
                 ip = VNET_HDR_LEN
             else:
                 count = 1
+                self._plain_at = ip = 0
                 self._plain = largest = n
                 write = self._write_plain
-                ip = 0
             # Destination: every segment of a super-packet shares it.
             v = rbuf[ip] >> 4
             if v == 4 and n - ip >= 20:

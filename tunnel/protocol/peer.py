@@ -45,7 +45,9 @@ Several endpoints (tunnel/failover.py decides, this file only obeys):
 from __future__ import annotations
 
 import collections
+import functools
 import math
+import operator
 from typing import TYPE_CHECKING
 
 from . import transport
@@ -75,6 +77,8 @@ if TYPE_CHECKING:
 
 MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)
 _NEVER = math.inf
+# x is not None, in C: next_deadline's filter.
+_is_set = functools.partial(operator.is_not, None)
 
 
 class Peer:
@@ -142,12 +146,8 @@ class Peer:
             self.device._schedule(self, when)
 
     def next_deadline(self) -> float | None:
-        best = self.t_retransmit_handshake
-        for d in (self.t_send_keepalive, self.t_new_handshake, self.t_zero_key_material,
-                  self.t_persistent_keepalive):
-            if d is not None and (best is None or d < best):
-                best = d
-        return best
+        return min(filter(_is_set, (self.t_retransmit_handshake, self.t_send_keepalive, self.t_new_handshake,
+                                    self.t_zero_key_material, self.t_persistent_keepalive)), default=None)
 
     # the kernel's wg_timers_* events
     def _timers_data_sent(self, now: float) -> None:
