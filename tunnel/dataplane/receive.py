@@ -45,7 +45,7 @@ class Receiver:
         self.counters = device.counters
         self.vnet = tun.vnet_hdr
         # UDP datagrams merge too when the TUN takes UDP super-packets (USO, Linux 6.2+).
-        self.coalescer = Coalescer(verify=False, uso=self.vnet and getattr(tun, "uso", False))
+        self.coalescer = Coalescer(verify=False, uso=self.vnet and tun.uso)
         self.ubuf = bytearray(RECV_BUFFER_SIZE + 4096)
         self.uview = memoryview(self.ubuf)
         self.pview = memoryview(bytearray(RECV_BUFFER_SIZE))

@@ -1,7 +1,7 @@
 """Merging decrypted TCP segments of one flow back into super-packets for one
 TUN write each (GRO; the receiving side; see tunnel/offload/__init__.py)."""
 
-from ..checksum import F1, F2, F3, F4, M1, M2, M3, M4, MOD, raw_sum
+from ..checksum import F1, F2, F3, F4, M1, M2, M3, M4, MOD, raw_sum, reduce
 from .vnet import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
@@ -190,24 +190,13 @@ class Coalescer:
         if flags & TCP_PSH or len(flows) >= self.max_flows:
             self._pass(pkt, n, valid, None)
             return
-        m = self._free.pop() if self._free else _Merge()
-        m.view[VNET_HDR_LEN:VNET_HDR_LEN + n] = pkt[:n]
-        m.end = VNET_HDR_LEN + n
-        m.l4 = l4
-        m.hdr = hdr
+        m = self._start(key, pkt, n, l4, hdr, plen, ipsig, valid, False)
         m.next_seq = (seq + plen) & 0xFFFFFFFF
-        m.mss = plen
-        m.count = 1
         m.ack = ack
         m.word = word | TCP_PSH
         m.window = window
         m.opts = opts
-        m.ipsig = ipsig
         m.psh = 0
-        m.v4 = l4 == 20
-        m.valid = valid
-        m.udp = False
-        flows[key] = m
 
     def _add_udp(self, pkt, n, l4, ipsig):
         """One UDP datagram (IP header checked by add): merge it into its flow's super-packet, or start one."""
@@ -225,14 +214,8 @@ class Coalescer:
             return
         valid = 0
         if self.verify:
-            x = int.from_bytes(pkt[addr:n], "big")
-            if n & 1:
-                x <<= 8
-            x = (x >> F1) + (x & M1)
-            x = (x >> F2) + (x & M2)
-            x = (x >> F3) + (x & M3)
-            x = (x >> F4) + (x & M4)
-            if (x + PROTO_UDP + n - l4) % MOD or (l4 == 20 and int.from_bytes(pkt[0:20], "big") % MOD):
+            if reduce(raw_sum(pkt[addr:n]) + PROTO_UDP + n - l4) or (
+                    l4 == 20 and int.from_bytes(pkt[0:20], "big") % MOD):
                 self.bad_checksums += 1
                 self._close(key)
                 self._pass(pkt, n, 0, None)
@@ -256,6 +239,10 @@ class Coalescer:
         if len(flows) >= self.max_flows:
             self._pass(pkt, n, valid, None)
             return
+        self._start(key, pkt, n, l4, hdr, plen, ipsig, valid, True)
+
+    def _start(self, key, pkt, n, l4, hdr, plen, ipsig, valid, udp) -> _Merge:
+        """A new super-packet for the flow KEY, from its first packet (TCP's own fields are the caller's)."""
         m = self._free.pop() if self._free else _Merge()
         m.view[VNET_HDR_LEN:VNET_HDR_LEN + n] = pkt[:n]
         m.end = VNET_HDR_LEN + n
@@ -266,8 +253,9 @@ class Coalescer:
         m.ipsig = ipsig
         m.v4 = l4 == 20
         m.valid = valid
-        m.udp = True
-        flows[key] = m
+        m.udp = udp
+        self._flows[key] = m
+        return m
 
     def flush(self) -> list:
         """Closes every open super-packet; returns all output since the last
@@ -323,36 +311,26 @@ class Coalescer:
         self.merged_packets += m.count
         self.super_packets += 1
         l4 = m.l4
-        tcp = ip + l4
+        at = ip + l4  # the TCP or UDP header
         l4len = total - l4
-        if m.udp:
-            if m.v4:
-                U16.pack_into(v, ip + 2, total)
-                U16.pack_into(v, ip + 10, 0)
-                U16.pack_into(v, ip + 10, MOD - raw_sum(v[ip:ip + 20]) % MOD)
-                pseudo = raw_sum(v[ip + 12:ip + 20]) + PROTO_UDP + l4len
-            else:
-                U16.pack_into(v, ip + 4, l4len)
-                pseudo = raw_sum(v[ip + 8:ip + 40]) + PROTO_UDP + l4len
-            U16.pack_into(v, tcp + 4, l4len)  # the UDP length: the whole train's
-            U16.pack_into(v, tcp + 6, pseudo % MOD or MOD)
-            VNET.pack_into(v, 0, F_NEEDS_CSUM, GSO_UDP_L4, m.hdr, m.mss, l4, 6)
-            self._out.append(v[:m.end])
-            return
-        if m.psh:
-            v[tcp + 13] |= TCP_PSH
+        proto = PROTO_UDP if m.udp else PROTO_TCP
         if m.v4:
             U16.pack_into(v, ip + 2, total)
             U16.pack_into(v, ip + 10, 0)
             U16.pack_into(v, ip + 10, MOD - raw_sum(v[ip:ip + 20]) % MOD)
-            pseudo = raw_sum(v[ip + 12:ip + 20]) + PROTO_TCP + l4len
-            gso = GSO_TCPV4
+            pseudo = raw_sum(v[ip + 12:ip + 20]) + proto + l4len
         else:
             U16.pack_into(v, ip + 4, l4len)
-            pseudo = raw_sum(v[ip + 8:ip + 40]) + PROTO_TCP + l4len
-            gso = GSO_TCPV6
+            pseudo = raw_sum(v[ip + 8:ip + 40]) + proto + l4len
         # CHECKSUM_PARTIAL: the field holds the folded, uncomplemented
         # pseudo-header sum; whoever completes it sums from csum_start.
-        U16.pack_into(v, tcp + 16, pseudo % MOD or MOD)
-        VNET.pack_into(v, 0, F_NEEDS_CSUM, gso, m.hdr, m.mss, l4, 16)
+        if m.udp:
+            U16.pack_into(v, at + 4, l4len)  # the UDP length: the whole train's
+            U16.pack_into(v, at + 6, pseudo % MOD or MOD)
+            VNET.pack_into(v, 0, F_NEEDS_CSUM, GSO_UDP_L4, m.hdr, m.mss, l4, 6)
+        else:
+            if m.psh:
+                v[at + 13] |= TCP_PSH
+            U16.pack_into(v, at + 16, pseudo % MOD or MOD)
+            VNET.pack_into(v, 0, F_NEEDS_CSUM, GSO_TCPV4 if m.v4 else GSO_TCPV6, m.hdr, m.mss, l4, 16)
         self._out.append(v[:m.end])
